@@ -1,0 +1,231 @@
+"""The vision encoder: a Hugging Face ViT-family model that turns an image into a grid of patch features.
+
+Three families are supported because they differ in one way that matters here: CLIP and ViT prepend a CLS
+token to the patch sequence, SigLIP does not. We drop prefix tokens by *knowing* how many there are, and check
+the sequence length, so a model we do not understand fails loudly instead of being silently sliced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lit_vlm.errors import UserError
+
+# model_type -> (config class name, model class name, CLS/prefix tokens, default image mean, default image std)
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_HALF = (0.5, 0.5, 0.5)
+_FAMILIES = {
+    "siglip_vision_model": ("SiglipVisionConfig", "SiglipVisionModel", 0, _HALF, _HALF),
+    "clip_vision_model": ("CLIPVisionConfig", "CLIPVisionModel", 1, _CLIP_MEAN, _CLIP_STD),
+    "vit": ("ViTConfig", "ViTModel", 1, _HALF, _HALF),
+}
+# Full dual-encoder checkpoints (e.g. openai/clip-vit-large-patch14-336) load their vision half.
+_CHECKPOINT_TYPES = {"siglip": "siglip_vision_model", "clip": "clip_vision_model", **{k: k for k in _FAMILIES}}
+
+
+@dataclass
+class VisionConfig:
+    """The vision encoder. Built offline from these sizes (random weights), or loaded from `pretrained`."""
+
+    model_type: str = "siglip_vision_model"
+    """Encoder family: siglip_vision_model, clip_vision_model or vit (ignored when `pretrained` is set)."""
+    pretrained: str | None = None
+    """Hub id or local path loaded with from_pretrained; when set, the size fields come from its config."""
+    image_size: int = 64
+    """Input resolution in pixels (square images)."""
+    patch_size: int = 8
+    """Patch side in pixels; the patch grid is image_size / patch_size on a side."""
+    hidden_size: int = 64
+    """Width D of the patch features."""
+    num_layers: int = 2
+    """Number of transformer layers."""
+    num_heads: int = 4
+    """Attention heads per layer; must divide hidden_size."""
+    intermediate_size: int = 128
+    """Width of each layer's feed-forward."""
+    feature_layers: list[int] = field(default_factory=lambda: [-1])
+    """Indices into the HF hidden_states (0 = embeddings, negative from the end); the last is the main level."""
+    frozen: bool = True
+    """Keep the encoder frozen (no gradients, eval mode), as in the paper."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from the checkpoint (only with `pretrained`)."""
+
+    def validate(self) -> None:
+        """Raise UserError for a configuration that cannot be built (sizes are checked only without `pretrained`)."""
+        if self.pretrained is None:
+            if self.model_type not in _FAMILIES:
+                raise UserError(
+                    f"vision.model_type={self.model_type!r} is not supported; allowed: {', '.join(_FAMILIES)}"
+                )
+            for name in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+                if getattr(self, name) < 1:
+                    raise UserError(f"vision.{name}={getattr(self, name)} must be a positive integer")
+            if self.hidden_size % self.num_heads:
+                raise UserError(
+                    f"vision.hidden_size={self.hidden_size} must be divisible by vision.num_heads={self.num_heads}"
+                )
+            if self.image_size % self.patch_size:
+                raise UserError(
+                    f"vision.image_size={self.image_size} must be divisible by vision.patch_size={self.patch_size}"
+                )
+            _check_layers(self.feature_layers, self.num_layers)
+        elif not self.feature_layers:
+            raise UserError("vision.feature_layers=[] must list at least one layer index")
+
+    def build(self) -> VisionTower:
+        return VisionTower(self)
+
+
+def _check_layers(layers: list[int], num_layers: int) -> None:
+    # hidden_states holds the embeddings plus one entry per layer: num_layers + 1 items.
+    n = num_layers + 1
+    if not layers:
+        raise UserError("vision.feature_layers=[] must list at least one layer index")
+    bad = [i for i in layers if not -n <= i < n]
+    if bad:
+        raise UserError(
+            f"vision.feature_layers={layers} has out-of-range index {bad[0]}; allowed: -{n}..{n - 1} "
+            f"for a {num_layers}-layer encoder"
+        )
+
+
+def _read_preprocessor_stats(path: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """image_mean / image_std from the checkpoint's preprocessor_config.json, when it has one."""
+    try:
+        if os.path.isdir(path):
+            file = os.path.join(path, "preprocessor_config.json")
+            file = file if os.path.isfile(file) else None
+        else:
+            from transformers.utils import cached_file
+
+            file = cached_file(path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+        if file is None:
+            return None
+        with open(file) as f:
+            cfg = json.load(f)
+        return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class VisionTower(nn.Module):
+    """pixel_values [B, 3, H, W] -> patch features [B, n_levels, P, D], P = grid_side**2, prefix tokens removed."""
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        import transformers
+
+        config.validate()
+        self.config = config
+        if config.pretrained is None:
+            model_type = config.model_type
+            cfg_cls, model_cls = (getattr(transformers, n) for n in _FAMILIES[model_type][:2])
+            hf_config = cfg_cls(
+                image_size=config.image_size,
+                patch_size=config.patch_size,
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads,
+                intermediate_size=config.intermediate_size,
+            )
+            if model_type == "siglip_vision_model":
+                hf_config.vision_use_head = False  # the pooling head is never used by a VLM
+            extra = {"add_pooling_layer": False} if model_type == "vit" else {}
+            self.model = model_cls(hf_config, **extra)
+            mean, std = _FAMILIES[model_type][3:]
+        else:
+            hf_config = transformers.AutoConfig.from_pretrained(
+                config.pretrained, trust_remote_code=config.trust_remote_code
+            )
+            model_type = _CHECKPOINT_TYPES.get(hf_config.model_type)
+            if model_type is None:
+                raise UserError(
+                    f"vision.pretrained={config.pretrained!r} is a {hf_config.model_type!r} model; allowed: "
+                    f"{', '.join(_CHECKPOINT_TYPES)}"
+                )
+            model_cls = getattr(transformers, _FAMILIES[model_type][1])
+            extra = {"add_pooling_layer": False} if model_type == "vit" else {}
+            # dtype pinned to fp32: v5 defaults to the checkpoint dtype, which would not match our own layers.
+            self.model = model_cls.from_pretrained(
+                config.pretrained, dtype=torch.float32, trust_remote_code=config.trust_remote_code, **extra
+            )
+            stats = _read_preprocessor_stats(config.pretrained)
+            mean, std = stats if stats is not None else _FAMILIES[model_type][3:]
+        self.model_type = model_type
+        self.image_mean, self.image_std = tuple(mean), tuple(std)
+
+        hf = self.model.config
+        image_size, patch_size = _as_int(hf.image_size), _as_int(hf.patch_size)
+        if image_size % patch_size:
+            raise UserError(f"vision.pretrained={config.pretrained!r} has image_size {image_size} "
+                            f"not divisible by patch_size {patch_size}")
+        self.image_size = image_size
+        self._grid_side = image_size // patch_size
+        _check_layers(list(config.feature_layers), hf.num_hidden_layers)
+        self.feature_layers = list(config.feature_layers)
+
+        self.frozen = config.frozen
+        if self.frozen:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    # --- sizes -------------------------------------------------------------------------------------------
+    @property
+    def grid_side(self) -> int:
+        return self._grid_side
+
+    @property
+    def num_patches(self) -> int:
+        return self._grid_side**2
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.feature_layers)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return _FAMILIES[self.model_type][2]
+
+    # --- behaviour ---------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> VisionTower:
+        # Lightning calls .train() on the whole model every epoch; a frozen encoder must stay in eval mode.
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"pixel_values are {tuple(pixel_values.shape[-2:])} px; this {self.model_type} expects "
+                f"{self.image_size}x{self.image_size}"
+            )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            out = self.model(pixel_values=pixel_values, output_hidden_states=True)
+        levels = torch.stack([out.hidden_states[i] for i in self.feature_layers], dim=1)  # [B, n, T, D]
+        expected = self.num_prefix_tokens + self.num_patches
+        if levels.shape[2] != expected:
+            raise RuntimeError(
+                f"{self.model_type} returned {levels.shape[2]} tokens; expected {self.num_prefix_tokens} prefix + "
+                f"{self._grid_side}x{self._grid_side} patches = {expected}"
+            )
+        return levels[:, :, self.num_prefix_tokens :]
+
+
+def _as_int(x) -> int:
+    # HF configs allow image_size / patch_size as an int or an (h, w) pair; we need square grids.
+    if isinstance(x, (list, tuple)):
+        if len(set(x)) != 1:
+            raise UserError(f"vision image_size/patch_size={list(x)} is not square; only square grids are supported")
+        return int(x[0])
+    return int(x)
