@@ -1,0 +1,154 @@
+"""`python -m lit_vlm scaling fit ...`: fit a scaling law to a results table and write fit.json + plots.
+
+Everything is written to a temporary directory first and moved into --out only once it all succeeded, so
+a bad input (UserError: one line on stderr, exit code 2) never leaves a half-written --out behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from lit_vlm.errors import UserError
+
+EPILOG = """\
+writes to --out:
+  fit.json            law, family, params, ci95, alpha_over_beta(+_ci95), v_star (per Q: value, ci95),
+                      identified (+ identified_reason), validation, law_comparison, rmse, profile_D,
+                      frontier, metadata (n_points, loss, bootstrap scheme, seed, units)
+  summary.txt         the summary printed to stdout
+  frontier.png        error vs inference FLOPs per LLM size, fitted curves and the optimal frontier
+                      (Q = 0 and Q = --text-tokens)
+  error_vs_v.png      error vs visual tokens per LLM size
+  compare_families.png  reasoning and OCR frontiers side by side, written when the table holds both
+                      families (the other family gets a point fit with the same options)
+
+examples:
+  python -m lit_vlm scaling fit --results paper --family reasoning --out runs/paper_reasoning
+  python -m lit_vlm scaling fit --results results/grid.csv --family ocr --law additive --out runs/ocr
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's two-line usage error -> our one-line UserError
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m lit_vlm scaling", description="Scaling laws for visual tokens vs LLM size.")
+    sub = parser.add_subparsers(dest="command", metavar="fit")
+    fit = sub.add_parser("fit", help="fit a law, bootstrap it, validate it, find the optimal frontier",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit.add_argument("--results", required=True, help="'paper' (the paper's grid, shipped) or a grid-runner CSV")
+    fit.add_argument("--family", default="reasoning", help="reasoning | ocr (default reasoning)")
+    fit.add_argument("--out", required=True, help="output directory (created; files in it are replaced)")
+    fit.add_argument("--law", default="multiplicative", help="multiplicative | additive (default multiplicative)")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="resamples (>= 50), 0 for none (default 1000)")
+    fit.add_argument("--bootstrap-scheme", default="case", help="case (cells) | llm (whole LLM sizes)")
+    fit.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    fit.add_argument("--text-tokens", type=float, default=50.0, help="Q for the frontier and V* (default 50)")
+    fit.add_argument("--ocr-ambiguous", default="flat", help="the paper's ambiguous OCR cell: flat | row")
+    fit.add_argument("--compressor", default=None, help="which compressor's rows, when the table has several")
+    fit.add_argument("--metric", default="auto", help="auto | accuracy | anls | loss (grid tables; auto = loss "
+                                                      "when present, else accuracy)")
+    fit.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["scaling"]:  # tolerate the dispatcher passing its own sub-command along
+        argv = argv[1:]
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command != "fit":
+            raise UserError("missing command; allowed: fit (see --help)")
+        return _fit(args, argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+
+
+def _fit(args, argv) -> int:
+    from lit_vlm.scaling.laws import get_law
+    from lit_vlm.scaling.report import fit_report, summary_text
+    from lit_vlm.scaling.table import families_in, load_results
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    law = get_law(args.law).name
+    if args.bootstrap != 0 and args.bootstrap < 50:
+        raise UserError(f"--bootstrap {args.bootstrap} is too few; allowed: 0 (no bootstrap) or an integer >= 50")
+    opts = dict(ocr_ambiguous=args.ocr_ambiguous, compressor=args.compressor, metric=args.metric)
+    results = load_results(args.results, args.family, **opts)
+    extra = {"results": str(args.results), "ocr_ambiguous": args.ocr_ambiguous,
+             "command": " ".join(["python -m lit_vlm scaling", *argv])}
+    report = fit_report(results, law, n_bootstrap=args.bootstrap, scheme=args.bootstrap_scheme, seed=args.seed,
+                        text_tokens=args.text_tokens, extra=extra)
+    summary = summary_text(report)
+    with tempfile.TemporaryDirectory(prefix="lit_vlm_scaling_") as tmp:
+        tmp = Path(tmp)
+        written = ["fit.json", "summary.txt"]
+        if not args.no_plots:
+            names, notes = _plots(tmp, report, results, law, args, opts, families_in(args.results))
+            written += names
+            summary += "".join(f"\n  note: {n}" for n in notes)
+        (tmp / "fit.json").write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+        (tmp / "summary.txt").write_text(summary + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in written:
+            shutil.move(str(tmp / name), str(out / name))
+    print(summary)
+    print(f"  wrote {', '.join(str(out / n) for n in written)}")
+    return 0
+
+
+def _plots(tmp, report, results, law, args, opts, families):
+    """Write the PNGs into tmp: (file names, notes)."""
+    from lit_vlm.scaling.fit import Fit, fit_law
+    from lit_vlm.scaling.table import load_results
+    from lit_vlm.scaling.plots import plot_compare, plot_error_vs_v, plot_frontier
+    from matplotlib.figure import Figure
+
+    fit = Fit(law, results.family, report["params"], report["sse"], report["rmse"], len(results),
+              report["converged"], 0.0, report["on_bound"], results.target)
+    qs = sorted({0.0, float(args.text_tokens)})
+    fig = Figure(figsize=(6 * len(qs), 4.5), layout="constrained")
+    for ax, q in zip(fig.subplots(1, len(qs), squeeze=False)[0], qs):
+        plot_frontier(fit, results, q=q, ax=ax)
+    fig.savefig(tmp / "frontier.png", dpi=110)
+    plot_error_vs_v(fit, results).savefig(tmp / "error_vs_v.png", dpi=110)
+    names, notes = ["frontier.png", "error_vs_v.png"], []
+    if set(families) >= {"reasoning", "ocr"}:
+        pairs = {}
+        try:
+            for fam in ("reasoning", "ocr"):
+                res = results if fam == results.family else load_results(args.results, fam, **opts)
+                pairs[fam] = (fit if fam == results.family else fit_law(res, law), res)
+        except UserError as e:  # the other family is not fittable: skip the side-by-side, say why
+            return names, [f"no compare_families.png: {e}"]
+        plot_compare(pairs, q=0.0).savefig(tmp / "compare_families.png", dpi=110)
+        names.append("compare_families.png")
+    return names, notes
+
+
+def _clean(x):
+    """JSON-safe: numpy scalars to Python, non-finite floats to null."""
+    import math
+
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
