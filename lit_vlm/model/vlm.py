@@ -17,7 +17,7 @@ from lit_vlm.model.compressors import build_compressor
 from lit_vlm.model.vision import VisionConfig, VisionTower
 
 # Kept here until lit_vlm.data.tokenizer exists; it must stay equal to the one used by the processor.
-IMAGE_TOKEN = "<image>"
+from lit_vlm.data.tokenizer import IMAGE_TOKEN  # noqa: E402  (one definition, shared with the data side)
 
 
 @dataclass
@@ -48,8 +48,26 @@ class LLMConfig:
     """Recompute activations in the backward pass to save memory."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the checkpoint (only with `pretrained`)."""
+    lora: dict | None = None
+    """LoRA adapters (needs `pip install lit_vlm[lora]`): {r, alpha, dropout, target_modules}; only the adapters
+    of the LLM train, its base weights stay frozen. None: no LoRA."""
+    dtype: str = "float32"
+    """Storage dtype of the LLM's weights: float32, bfloat16 or float16. Half precision only for weights that do
+    not train (with `lora`, or in the align stage): mixed-precision training needs fp32 trainable weights."""
+    load_in_4bit: bool = False
+    """Load the pretrained LLM quantised to 4-bit NF4 (bitsandbytes, CUDA only; frozen base, use with `lora`)."""
 
     def validate(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise UserError(f"llm.dtype={self.dtype!r} is not supported; allowed: {', '.join(_DTYPES)}")
+        if self.lora is not None:
+            _lora_options(self.lora)
+            import importlib.util
+
+            if importlib.util.find_spec("peft") is None:  # checked before a large checkpoint is loaded
+                raise UserError("llm.lora needs peft: pip install lit_vlm[lora]")
+        if self.load_in_4bit and self.pretrained is None:
+            raise UserError("llm.load_in_4bit=true needs llm.pretrained (a random-weight LLM has nothing to quantise)")
         if self.pretrained is not None:
             return
         for name in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
@@ -70,12 +88,18 @@ class LLMConfig:
         self.validate()
         ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                    eos_token_id=tokenizer.eos_token_id)
+        dtype = _DTYPES[self.dtype]
         if self.pretrained is not None:
-            # dtype pinned to fp32: v5 defaults to the checkpoint dtype; Lightning's precision plugin casts later.
-            llm = AutoModelForCausalLM.from_pretrained(
-                self.pretrained, dtype=torch.float32, attn_implementation=self.attn_implementation,
-                trust_remote_code=self.trust_remote_code,
-            )
+            # dtype pinned (fp32 by default): v5 defaults to the checkpoint dtype; Lightning's precision plugin
+            # autocasts the matmuls, and trainable weights must stay fp32 for the optimiser and GradScaler.
+            kwargs = {"dtype": dtype, "attn_implementation": self.attn_implementation,
+                      "trust_remote_code": self.trust_remote_code}
+            if self.load_in_4bit:
+                kwargs |= _quantization(dtype)
+            try:
+                llm = AutoModelForCausalLM.from_pretrained(self.pretrained, **kwargs)
+            except OSError as e:  # missing id/path, offline without a cached copy, no config.json
+                raise UserError(f"llm.pretrained={self.pretrained!r} cannot be loaded: {_first_line(e)}") from None
             if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
                 llm.resize_token_embeddings(len(tokenizer))
         else:
@@ -102,13 +126,84 @@ class LLMConfig:
                     f"llm.model_type={self.model_type!r} with attn_implementation={self.attn_implementation!r} "
                     f"cannot be built as a causal LM: {_first_line(e)}"
                 ) from None
+            llm = llm.to(dtype)
         if self.gradient_checkpointing:
             enable = getattr(llm, "activation_checkpointing_enable", None)
             if enable is not None:  # transformers >= 5.x name
                 enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:
+            llm = _add_lora(llm, self.lora)
         return llm
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LORA_DEFAULTS = {
+    "r": 16,
+    "alpha": 32,
+    "dropout": 0.05,
+    # the linear layers of llama / qwen2 / mistral-style blocks (SmolLM2 is llama, Qwen2.5 is qwen2)
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def _lora_options(lora: dict) -> dict:
+    if not isinstance(lora, dict):
+        raise UserError(f"llm.lora={lora!r} must be a mapping with keys {', '.join(_LORA_DEFAULTS)}, or null")
+    unknown = sorted(set(lora) - set(_LORA_DEFAULTS))
+    if unknown:
+        raise UserError(f"llm.lora has unknown key {unknown[0]!r}; allowed: {', '.join(_LORA_DEFAULTS)}")
+    opts = {**_LORA_DEFAULTS, **lora}
+    if not isinstance(opts["r"], int) or opts["r"] < 1:
+        raise UserError(f"llm.lora.r={opts['r']!r} must be a positive integer")
+    if not 0 <= float(opts["dropout"]) < 1:
+        raise UserError(f"llm.lora.dropout={opts['dropout']!r} must be in [0, 1)")
+    return opts
+
+
+def _add_lora(llm: nn.Module, lora: dict) -> nn.Module:
+    """Inject LoRA adapters in place (the model stays a plain HF causal LM); base weights frozen, adapters fp32."""
+    opts = _lora_options(lora)
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise UserError("llm.lora needs peft: pip install lit_vlm[lora]") from None
+    config = LoraConfig(r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=float(opts["dropout"]),
+                        target_modules=opts["target_modules"], bias="none")
+    llm.requires_grad_(False)
+    try:
+        llm = inject_adapter_in_model(config, llm)
+    except ValueError as e:  # e.g. no module matches target_modules
+        raise UserError(f"llm.lora cannot be applied: {_first_line(e)}") from None
+    for name, p in llm.named_parameters():
+        if _is_lora(name):
+            # fp32 adapters whatever the base dtype: the optimiser and GradScaler need fp32 trainable weights
+            p.data = p.data.float()
+            p.requires_grad_(True)
+    return llm
+
+
+def _is_lora(name: str) -> bool:
+    return ".lora_" in name
+
+
+def _quantization(dtype: torch.dtype) -> dict:
+    """from_pretrained arguments for a 4-bit NF4 LLM (QLoRA-style); CUDA + bitsandbytes only."""
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise UserError("llm.load_in_4bit=true needs a CUDA GPU (bitsandbytes); set it to false on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("llm.load_in_4bit=true needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=compute)
+    # 4-bit weights are created on the GPU; they cannot be moved there later
+    return {"quantization_config": q, "device_map": {"": torch.cuda.current_device()},
+            "dtype": compute if dtype == torch.float32 else dtype}
 
 
 def _first_line(e: Exception) -> str:
@@ -285,7 +380,8 @@ class VLM(nn.Module):
     # --- bookkeeping -----------------------------------------------------------------------------------------
     def num_llm_params(self, with_embeddings: bool = True) -> int:
         """N in the paper's cost 2 N (Q + V); without embeddings drops the input embeddings (and an untied lm_head)."""
-        total = sum(p.numel() for p in self.llm.parameters())  # parameters() counts a tied matrix once
+        # parameters() counts a tied matrix once; LoRA adapters are left out (they merge into the weights)
+        total = sum(p.numel() for n, p in self.llm.named_parameters() if not _is_lora(n))
         if with_embeddings:
             return total
         emb = self.llm.get_input_embeddings().weight
@@ -296,9 +392,17 @@ class VLM(nn.Module):
         return total
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by training stage: vision tower, compressor + projector, LLM."""
+        """Parameters by training stage: vision tower, compressor + projector, LLM.
+
+        With LoRA the "llm" group holds only the adapters; the frozen base weights belong to no group (they
+        never train), so a stage that trains the LLM trains its adapters.
+        """
+        if self.llm_config.lora is not None:
+            llm = [p for n, p in self.llm.named_parameters() if _is_lora(n)]
+        else:
+            llm = list(self.llm.parameters())
         return {
             "vision": list(self.vision_tower.parameters()),
             "compressor": list(self.compressor.parameters()) + list(self.projector.parameters()),
-            "llm": list(self.llm.parameters()),
+            "llm": llm,
         }

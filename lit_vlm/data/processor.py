@@ -1,0 +1,101 @@
+"""VLMProcessor: prompt formatting (the tokenizer's chat template), image transform and batch collation.
+
+A batch follows the contract in ARCHITECTURE.md. Two layouts of the same examples are produced:
+- ``input_ids`` (prompt + answer + eos, right padded) with ``labels`` for the loss, and
+- ``prompt_ids`` (prompt only, left padded) for batched generation,
+plus the bare question (right padded) that quecc runs through the LLM to get its query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lit_vlm.data.tokenizer import IMAGE_TOKEN
+
+IGNORE_INDEX = -100
+
+
+def _pad(seqs: Sequence[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            if left:
+                out[i, width - len(s) :] = torch.tensor(s)
+            else:
+                out[i, : len(s)] = torch.tensor(s)
+    return out
+
+
+class VLMProcessor:
+    """Tokenizer + image transform + collate, shared by the model (token ids) and the data (batches)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        image_size: int,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        max_answer_tokens: int = 32,
+    ):
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(image_std, dtype=np.float32).reshape(3, 1, 1)
+        self.max_answer_tokens = max_answer_tokens
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = tokenizer.eos_token_id
+
+    def format_prompt(self, question: str) -> str:
+        """The chat-templated prompt with exactly one image placeholder, ending with the generation prompt."""
+        messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def image_to_tensor(self, image) -> torch.Tensor:
+        """PIL (or array) -> normalised float tensor [3, H, W] at the tower's resolution (no torchvision)."""
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image))
+        image = image.convert("RGB")
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return torch.from_numpy((pixels - self.mean) / self.std)
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        # add_special_tokens=False: the chat template already placed bos where the model expects it.
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def collate(self, rows: list[dict]) -> dict:
+        questions = [r["question"] for r in rows]
+        answers = [r["answer"] for r in rows]
+        prompts = self._ids([self.format_prompt(q) for q in questions])
+        answer_ids = [ids[: self.max_answer_tokens] + [self.eos_id] for ids in self._ids(answers)]
+        full = [p + a for p, a in zip(prompts, answer_ids)]
+        labels = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answer_ids)]
+        question_ids = self._ids(questions)
+
+        batch = {
+            "input_ids": _pad(full, self.pad_id),
+            "attention_mask": _pad([[1] * len(s) for s in full], 0),
+            "labels": _pad(labels, IGNORE_INDEX),
+            "prompt_ids": _pad(prompts, self.pad_id, left=True),
+            "prompt_mask": _pad([[1] * len(s) for s in prompts], 0, left=True),
+            "question_ids": _pad(question_ids, self.pad_id),
+            "question_mask": _pad([[1] * len(s) for s in question_ids], 0),
+            "index": torch.tensor([int(r.get("index", i)) for i, r in enumerate(rows)], dtype=torch.long),
+            "answers": answers,
+            "questions": questions,
+            "families": [r.get("family", "reasoning") for r in rows],
+            "tasks": [r.get("task", "") for r in rows],
+        }
+        if "answers" in rows[0] and isinstance(rows[0]["answers"], (list, tuple)):
+            batch["answer_lists"] = [list(r["answers"]) for r in rows]  # e.g. VQA's 10 human answers
+        if "vision_features" in rows[0]:
+            batch["vision_features"] = torch.stack([torch.as_tensor(np.asarray(r["vision_features"])) for r in rows])
+        else:
+            batch["pixel_values"] = torch.stack([self.image_to_tensor(r["image"]) for r in rows])
+        return batch

@@ -1,0 +1,575 @@
+"""A synthetic VQA benchmark small enough to train on a CPU, built to show the paper's two regimes.
+
+Why synthetic: the paper's finding is about *which information a question needs*. Visual reasoning questions
+mostly need global facts about the image (which colours and shapes are present, how many), and those survive
+when the patch grid is pooled into very few visual tokens. Reading text needs *where* each character is,
+which pooling destroys. This benchmark isolates exactly that contrast at 64 x 64 pixels, so a tiny vision
+tower with patch 8 (an 8 x 8 patch grid, V in {1, 4, 16, 64} after compression) can show it in minutes.
+
+Two families (all answers are one word or one character string, so exact match is the metric):
+
+* ``reasoning``: 1-4 coloured shapes (circle, square, triangle by default; 5 colours) on a plain light
+  background, placed in distinct cells of a 4 x 4 layout grid. Task types and default weights:
+
+  ============  ====  ===========================================  ===================================
+  task          w     question                                     answers (drawn balanced)
+  ============  ====  ===========================================  ===================================
+  count         .16   how many shapes are there?                   1-4 uniform
+  count_color   .14   how many red shapes are there?               0-3 uniform
+  color         .16   what color is the circle?                    5 colours uniform
+  shape         .14   what shape is the red one?                   3 shapes uniform
+  exist         .16   is there a blue square?                      yes/no 50/50 (a "no" scene always
+                                                                   holds a half-match distractor)
+  compare       .12   are there more circles than squares?         yes/no 50/50
+  spatial       .12   is the red shape left of the blue shape?     yes/no 50/50 (only positional task)
+  ============  ====  ===========================================  ===================================
+
+  The answer is drawn first and the scene is built to match it, which keeps answers balanced: a model that
+  ignores the image can do no better than the per-task majority (about 0.35 overall, see chance_accuracy).
+* ``ocr``: 3-4 characters from a 20-symbol alphabet (uppercase letters and digits, visually confusable ones
+  such as O/0, I/1, S/5, B/8, Z/2 and the wide W/M left out) drawn at a fixed pitch of about one patch
+  (8-10 px) with font sizes 10-12, at a random position, dark ink on a light background. Task types:
+  ``read`` (.4, "what is the text?"), ``first``/``second``/``last`` (.2 each, "what is the first
+  character?"). Chance is about 0.03: a single pooled token can at best keep the bag of characters, not
+  their order, so accuracy should collapse at V = 1 and climb with V.
+
+Every knob is a keyword option (see ``DEFAULT_OPTIONS``), e.g. ``reasoning_tasks={"spatial": 0.5, ...}`` or
+``ocr_length=(5, 6)``, so the grid experiment can make either family harder or easier.
+
+Determinism: one row is a pure function of (seed, split, index, attempt) - see :func:`draw_example`. The
+builder redraws a row with ``attempt + 1`` only when its PNG bytes already occur in an earlier split, so
+train/validation/test never share an image. Datasets are stored with ``datasets.save_to_disk`` under
+``data_dir/synthetic-<fingerprint>``; the fingerprint covers every generation parameter, ``GENERATOR_VERSION``
+and the Pillow version (font rasterisation may change between Pillow releases).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections import Counter, defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL
+from PIL import Image, ImageDraw, ImageFont
+
+from lit_vlm.errors import UserError
+
+# Bump whenever drawing or question logic changes: it invalidates every cached dataset.
+GENERATOR_VERSION = 1
+
+FAMILIES = ("reasoning", "ocr")
+SPLITS = ("train", "validation", "test")
+
+# Superset of what the generator may draw; options pick a subset. The tokenizer's vocabulary covers all of it.
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (30, 160, 60),
+    "blue": (40, 80, 225),
+    "yellow": (235, 200, 20),
+    "purple": (145, 55, 185),
+    "orange": (245, 130, 20),
+    "cyan": (20, 185, 200),
+    "pink": (240, 110, 180),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+OCR_SYMBOLS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+REASONING_TASKS = ("count", "count_color", "color", "shape", "exist", "compare", "spatial")
+OCR_TASKS = ("read", "first", "second", "last")
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "colors": ("red", "green", "blue", "yellow", "purple"),
+    "shapes": ("circle", "square", "triangle"),
+    "max_shapes": 4,
+    "reasoning_tasks": {
+        "count": 0.16,
+        "count_color": 0.14,
+        "color": 0.16,
+        "shape": 0.14,
+        "exist": 0.16,
+        "compare": 0.12,
+        "spatial": 0.12,
+    },
+    "ocr_tasks": {"read": 0.4, "first": 0.2, "second": 0.2, "last": 0.2},
+    "ocr_alphabet": "ACDEFHKLNPRTUVXY3467",
+    "ocr_length": (3, 4),
+    "font_sizes": (10, 11, 12),  # at 64 px; scaled with image_size
+}
+
+# Words of every question template; together with PALETTE, SHAPES and OCR_SYMBOLS this is the closed vocabulary.
+QUESTION_WORDS = (
+    "how many shapes are there what color is the shape one a more than left right of "
+    "text first second last character yes no"
+).split()
+PUNCTUATION = ("?", ".", ",", ":", "'", "-")
+
+
+def vocabulary() -> list[str]:
+    """Every word the generator can emit in a question or answer (sorted, stable across runs)."""
+    words = set(QUESTION_WORDS) | set(PALETTE) | set(SHAPES) | {s + "s" for s in SHAPES}
+    words |= set(OCR_SYMBOLS) | set(PUNCTUATION)
+    return sorted(words)
+
+
+# ----------------------------------------------------------------------------------------------- options
+def resolve_options(**options: Any) -> dict[str, Any]:
+    """Merge ``options`` over ``DEFAULT_OPTIONS`` and validate them (UserError on bad values)."""
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise UserError(f"unknown synthetic task option(s) {unknown}; allowed: {sorted(DEFAULT_OPTIONS)}")
+    opts = {**DEFAULT_OPTIONS, **options}
+    colors, shapes = tuple(opts["colors"]), tuple(opts["shapes"])
+    if len(colors) < 2 or len(set(colors)) != len(colors) or not set(colors) <= set(PALETTE):
+        raise UserError(f"colors={list(colors)}: need >= 2 distinct colours from {list(PALETTE)}")
+    if len(shapes) < 2 or len(set(shapes)) != len(shapes) or not set(shapes) <= set(SHAPES):
+        raise UserError(f"shapes={list(shapes)}: need >= 2 distinct shapes from {list(SHAPES)}")
+    max_shapes = opts["max_shapes"]
+    if not isinstance(max_shapes, int) or not 2 <= max_shapes <= 16:
+        raise UserError(f"max_shapes={max_shapes!r}: must be an integer in 2..16 (a 4 x 4 layout grid)")
+    alphabet = "".join(dict.fromkeys(str(opts["ocr_alphabet"])))
+    if len(alphabet) < 2 or not set(alphabet) <= set(OCR_SYMBOLS):
+        raise UserError(f"ocr_alphabet={opts['ocr_alphabet']!r}: need >= 2 symbols from {OCR_SYMBOLS}")
+    length = tuple(opts["ocr_length"])
+    if len(length) != 2 or not all(isinstance(n, int) for n in length) or not 2 <= length[0] <= length[1] <= 6:
+        raise UserError(f"ocr_length={list(length)}: must be [min, max] integers with 2 <= min <= max <= 6")
+    sizes = tuple(opts["font_sizes"])
+    if not sizes or not all(isinstance(s, int) and 6 <= s <= 16 for s in sizes):
+        raise UserError(f"font_sizes={list(sizes)}: must be integers in 6..16 (pixels at 64 px)")
+    return {
+        "colors": colors,
+        "shapes": shapes,
+        "max_shapes": max_shapes,
+        "reasoning_tasks": _weights("reasoning_tasks", opts["reasoning_tasks"], REASONING_TASKS),
+        "ocr_tasks": _weights("ocr_tasks", opts["ocr_tasks"], OCR_TASKS),
+        "ocr_alphabet": alphabet,
+        "ocr_length": length,
+        "font_sizes": sizes,
+    }
+
+
+def _weights(name: str, weights: Any, allowed: tuple[str, ...]) -> dict[str, float]:
+    if not isinstance(weights, dict) or not set(weights) <= set(allowed):
+        raise UserError(f"{name}={weights!r}: must be a mapping from task to weight; tasks: {list(allowed)}")
+    out = {t: float(weights.get(t, 0.0)) for t in allowed}  # a task left out has weight 0
+    if any(w < 0 for w in out.values()) or sum(out.values()) <= 0:
+        raise UserError(f"{name}={weights!r}: weights must be >= 0 with a positive sum")
+    total = sum(out.values())
+    return {t: w / total for t, w in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+def _rng(seed: int, split: str, index: int, attempt: int) -> np.random.Generator:
+    # SeedSequence over the tuple: independent streams per split and row, no shared global state.
+    return np.random.default_rng([seed, SPLITS.index(split), index, attempt])
+
+
+@lru_cache(maxsize=None)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)  # bundled with Pillow: no file or network access
+
+
+def _background(rng: np.random.Generator) -> tuple[int, int, int]:
+    g = int(rng.integers(185, 241))
+    return (g, g, g)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        q = r * 0.85  # same visual area as the circle, roughly
+        draw.rectangle((cx - q, cy - q, cx + q, cy + q), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
+    else:  # diamond
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+
+
+def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0) -> Image.Image:
+    """Draw ``objects`` (shape, colour) in distinct cells of a 4 x 4 grid.
+
+    ``order`` constrains the first two objects' columns: -1 first strictly left of second, +1 right, 0 free.
+    """
+    cell = size / 4
+    while True:
+        cells = rng.choice(16, size=len(objects), replace=False)
+        cols = cells % 4
+        if order == 0 or cols[0] != cols[1]:
+            break
+    if order and (cols[0] < cols[1]) != (order < 0):
+        cells[[0, 1]] = cells[[1, 0]]
+    img = Image.new("RGB", (size, size), _background(rng))
+    draw = ImageDraw.Draw(img)
+    for (shape, color), c in zip(objects, cells):
+        r = cell * rng.uniform(0.3, 0.42)
+        jitter = cell / 2 - r  # keep the shape inside its cell
+        cx = (c % 4 + 0.5) * cell + rng.uniform(-jitter, jitter)
+        cy = (c // 4 + 0.5) * cell + rng.uniform(-jitter, jitter)
+        _draw_shape(draw, shape, cx, cy, r, PALETTE[color])
+    return img
+
+
+def _pick(rng, items, exclude=()):
+    pool = [x for x in items if x not in exclude]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _reasoning(rng, task: str, opts: dict, size: int) -> tuple[Image.Image, str, str]:
+    colors, shapes, m = opts["colors"], opts["shapes"], opts["max_shapes"]
+
+    def rand_obj(bad_colors=(), bad_shape=None, bad_pair=None):
+        while True:
+            obj = (_pick(rng, shapes, (bad_shape,)), _pick(rng, colors, bad_colors))
+            if obj != bad_pair:
+                return obj
+
+    order = 0
+    if task == "count":
+        n = int(rng.integers(1, m + 1))
+        objs = [rand_obj() for _ in range(n)]
+        q, a = "how many shapes are there?", str(n)
+    elif task == "count_color":
+        c = _pick(rng, colors)
+        k = int(rng.integers(0, min(m - 1, 3) + 1))  # 0..3: chance 1/4
+        n = int(rng.integers(max(k, 1), m + 1))
+        objs = [(_pick(rng, shapes), c) for _ in range(k)] + [rand_obj(bad_colors=(c,)) for _ in range(n - k)]
+        q, a = f"how many {c} shapes are there?", str(k)
+    elif task == "color":
+        s, c = _pick(rng, shapes), _pick(rng, colors)
+        n = int(rng.integers(1, m + 1))
+        objs = [(s, c)] + [rand_obj(bad_shape=s) for _ in range(n - 1)]  # the shape is unique
+        q, a = f"what color is the {s}?", c
+    elif task == "shape":
+        s, c = _pick(rng, shapes), _pick(rng, colors)
+        n = int(rng.integers(1, m + 1))
+        objs = [(s, c)] + [rand_obj(bad_colors=(c,)) for _ in range(n - 1)]  # the colour is unique
+        q, a = f"what shape is the {c} one?", s
+    elif task == "exist":
+        s, c = _pick(rng, shapes), _pick(rng, colors)
+        n = int(rng.integers(1, m + 1))
+        if rng.random() < 0.5:
+            objs = [(s, c)] + [rand_obj() for _ in range(n - 1)]
+            a = "yes"
+        else:
+            # a half match (right colour or right shape) so that colour or shape presence alone cannot answer
+            half = (_pick(rng, shapes, (s,)), c) if rng.random() < 0.5 else (s, _pick(rng, colors, (c,)))
+            objs = [half] + [rand_obj(bad_pair=(s, c)) for _ in range(n - 1)]
+            a = "no"
+        q = f"is there a {c} {s}?"
+    elif task == "compare":
+        s1, s2 = rng.choice(len(shapes), size=2, replace=False)
+        s1, s2 = shapes[s1], shapes[s2]
+        yes = rng.random() < 0.5
+        pairs = [(x, y) for x in range(m + 1) for y in range(m + 1) if 1 <= x + y <= m and (x > y) == yes]
+        x, y = pairs[int(rng.integers(len(pairs)))]
+        others = [s for s in shapes if s not in (s1, s2)]
+        extra = int(rng.integers(0, m - x - y + 1)) if others else 0
+        objs = [(s1, _pick(rng, colors)) for _ in range(x)] + [(s2, _pick(rng, colors)) for _ in range(y)]
+        objs += [(_pick(rng, others), _pick(rng, colors)) for _ in range(extra)]
+        q, a = f"are there more {s1}s than {s2}s?", "yes" if yes else "no"
+    elif task == "spatial":
+        i, j = rng.choice(len(colors), size=2, replace=False)
+        c1, c2 = colors[i], colors[j]
+        n = int(rng.integers(2, m + 1)) if len(colors) > 2 else 2  # the two colours must be unique
+        objs = [(_pick(rng, shapes), c1), (_pick(rng, shapes), c2)]
+        objs += [rand_obj(bad_colors=(c1, c2)) for _ in range(n - 2)]
+        side = "left" if rng.random() < 0.5 else "right"
+        yes = rng.random() < 0.5
+        # order -1 puts c1 left of c2; "yes" to "left" and "no" to "right" both need that
+        order = -1 if (side == "left") == yes else 1
+        q, a = f"is the {c1} shape {side} of the {c2} shape?", "yes" if yes else "no"
+    else:  # pragma: no cover - tasks are validated in resolve_options
+        raise AssertionError(task)
+    # shuffle drawing order except for the spatial pair, whose positions are tied to the first two slots
+    head, tail = (objs[:2], objs[2:]) if order else ([], objs)
+    tail = [tail[k] for k in rng.permutation(len(tail))]
+    return _scene(rng, head + tail, size, order), q, a
+
+
+def _ocr(rng, task: str, opts: dict, size: int) -> tuple[Image.Image, str, str]:
+    alphabet, (lo, hi) = opts["ocr_alphabet"], opts["ocr_length"]
+    n = int(rng.integers(lo, hi + 1))
+    text = "".join(alphabet[k] for k in rng.integers(len(alphabet), size=n))
+    font_size = max(6, round(int(rng.choice(opts["font_sizes"])) * size / 64))
+    font = _font(font_size)
+    pitch = int(np.ceil(0.8 * font_size))  # about one 8 px patch per character at 64 px
+    ascent, descent = font.getmetrics()
+    width, height = pitch * n, ascent  # capitals and digits have no descender
+    x0 = rng.uniform(1, max(1, size - width - 1))
+    y0 = rng.uniform(1, max(1, size - height - 1))
+    img = Image.new("RGB", (size, size), _background(rng))
+    draw = ImageDraw.Draw(img)
+    ink = tuple(int(v) for v in rng.integers(0, 70, size=3))
+    for k, ch in enumerate(text):
+        draw.text((x0 + (k + 0.5) * pitch, y0 + ascent), ch, font=font, fill=ink, anchor="ms")
+    question = {
+        "read": "what is the text?",
+        "first": "what is the first character?",
+        "second": "what is the second character?",
+        "last": "what is the last character?",
+    }[task]
+    answer = {"read": text, "first": text[0], "second": text[1], "last": text[-1]}[task]
+    return img, question, answer
+
+
+def draw_example(
+    split: str,
+    index: int,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    families: tuple[str, ...] = FAMILIES,
+    attempt: int = 0,
+    **options: Any,
+) -> dict[str, Any]:
+    """Draw row ``index`` of ``split``: a pure function of its arguments (no global state).
+
+    Returns ``{"image": PIL.Image, "question", "answer", "family", "task"}``. The family cycles with the index
+    (``families[index % len(families)]``) so every split is balanced across families.
+    """
+    if split not in SPLITS:
+        raise UserError(f"split={split!r}: must be one of {list(SPLITS)}")
+    return _draw(split, index, seed, image_size, _check_families(families), attempt, resolve_options(**options))
+
+
+def _draw(split: str, index: int, seed: int, image_size: int, families: tuple, attempt: int, opts: dict) -> dict:
+    rng = _rng(seed, split, index, attempt)
+    family = families[index % len(families)]
+    weights = opts["reasoning_tasks"] if family == "reasoning" else opts["ocr_tasks"]
+    tasks = list(weights)
+    task = tasks[int(rng.choice(len(tasks), p=list(weights.values())))]
+    draw = _reasoning if family == "reasoning" else _ocr
+    image, question, answer = draw(rng, task, opts, image_size)
+    return {"image": image, "question": question, "answer": answer, "family": family, "task": task}
+
+
+# ----------------------------------------------------------------------------------------------- storage
+def _check_families(families) -> tuple[str, ...]:
+    if isinstance(families, str):
+        families = (families,)
+    families = tuple(families)
+    bad = [f for f in families if f not in FAMILIES]
+    if not families or bad or len(set(families)) != len(families):
+        raise UserError(f"families={list(families)}: must be distinct values from {list(FAMILIES)}")
+    return families
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # level 1: 64 px images, speed matters more than size
+    return buf.getvalue()
+
+
+def generate_rows(
+    sizes: dict[str, int], *, seed: int, image_size: int, families: tuple[str, ...], opts: dict
+) -> dict[str, dict[str, list]]:
+    """Draw all splits as column dicts, redrawing any image whose bytes already appear in an earlier split."""
+    seen: set[bytes] = set()
+    columns: dict[str, dict[str, list]] = {}
+    next_id = 0
+    for split in SPLITS:
+        cols: dict[str, list] = defaultdict(list)
+        hashes = set()
+        for index in range(sizes[split]):
+            for attempt in range(100):
+                row = _draw(split, index, seed, image_size, families, attempt, opts)
+                data = _png(row["image"])
+                digest = hashlib.blake2b(data, digest_size=16).digest()
+                if digest not in seen:
+                    break
+            else:  # pragma: no cover - would need a degenerate option set
+                raise UserError(f"cannot draw a {split} image unseen in earlier splits; options too narrow: {opts}")
+            hashes.add(digest)
+            cols["image"].append({"bytes": data, "path": None})
+            for key in ("question", "answer", "family", "task"):
+                cols[key].append(row[key])
+            cols["image_id"].append(next_id)
+            next_id += 1
+        seen |= hashes
+        columns[split] = dict(cols)
+    return columns
+
+
+def _features():
+    import datasets
+
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "family": datasets.Value("string"),
+            "task": datasets.Value("string"),
+            "image_id": datasets.Value("int64"),
+        }
+    )
+
+
+def benchmark_params(
+    *, seed: int, image_size: int, num_train: int, num_val: int, num_test: int, families, **options: Any
+) -> dict[str, Any]:
+    """Validated generation parameters: what the cache fingerprint is computed from."""
+    for name, n in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        if not isinstance(n, int) or n < 0:
+            raise UserError(f"{name}={n!r}: must be an integer >= 0")
+    if not isinstance(image_size, int) or not 32 <= image_size <= 1024:
+        raise UserError(f"image_size={image_size!r}: must be an integer in 32..1024")
+    opts = resolve_options(**options)
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "pillow": PIL.__version__,
+        "seed": int(seed),
+        "image_size": image_size,
+        "sizes": {"train": num_train, "validation": num_val, "test": num_test},
+        "families": list(_check_families(families)),
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()},
+    }
+
+
+def fingerprint(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_synthetic_benchmark(
+    data_dir: str | os.PathLike = "data_cache",
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    num_train: int = 4000,
+    num_val: int = 500,
+    num_test: int = 500,
+    families=FAMILIES,
+    **options: Any,
+):
+    """Generate (once) and load the benchmark as a ``datasets.DatasetDict`` with train/validation/test.
+
+    ``options`` are the task knobs of ``DEFAULT_OPTIONS``. The result is cached under
+    ``data_dir/synthetic-<fingerprint>`` and reused; generation writes to a temporary directory first and
+    renames it into place, so an interrupted run never leaves a half-written dataset behind.
+    """
+    import datasets
+
+    params = benchmark_params(
+        seed=seed, image_size=image_size, num_train=num_train, num_val=num_val, num_test=num_test,
+        families=families, **options,
+    )
+    root = Path(data_dir)
+    target = root / f"synthetic-{fingerprint(params)}"
+    if _complete(target):
+        return datasets.load_from_disk(str(target))
+    if target.exists():  # left by hand or by an older layout: regenerate
+        shutil.rmtree(target)
+    root.mkdir(parents=True, exist_ok=True)
+    opts = resolve_options(**options)
+    families = tuple(params["families"])
+    columns = generate_rows(params["sizes"], seed=seed, image_size=image_size, families=families, opts=opts)
+    features = _features()
+    dd = datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict(cols or {k: [] for k in features}, features=features)
+         for split, cols in columns.items()}
+    )
+    tmp = root / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        dd.save_to_disk(str(tmp))
+        (tmp / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _complete(target):  # someone else won the race with a complete copy: use theirs
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(target))
+
+
+def _complete(path: Path) -> bool:
+    return (path / "params.json").is_file() and (path / "dataset_dict.json").is_file()
+
+
+def chance_accuracy(dataset, by: str = "task") -> dict[str, float]:
+    """Accuracy of a blind baseline that always answers the majority answer, per family.
+
+    ``by="task"`` (default) takes the majority per (family, task): what a model that reads the question but
+    not the image can reach. ``by="family"`` takes one majority answer per family. Majorities are computed on
+    ``dataset`` itself (one split), so this is a slightly optimistic estimate of chance.
+    """
+    if by not in ("task", "family"):
+        raise UserError(f"by={by!r}: must be 'task' or 'family'")
+    cols = dataset.select_columns(["family", "task", "answer"]).to_dict()
+    groups: dict[tuple, Counter] = defaultdict(Counter)
+    for fam, task, ans in zip(cols["family"], cols["task"], cols["answer"]):
+        groups[(fam, task) if by == "task" else (fam,)][ans] += 1
+    hits, totals = Counter(), Counter()
+    for key, counts in groups.items():
+        hits[key[0]] += counts.most_common(1)[0][1]
+        totals[key[0]] += sum(counts.values())
+    return {fam: hits[fam] / totals[fam] for fam in sorted(totals)}
+
+
+# ----------------------------------------------------------------------------------------------- user folders
+def load_image_folder(data_dir: str | os.PathLike):
+    """Load a user's VQA folder: ``data_dir/{train,validation,test}/`` each with images and ``metadata.jsonl``.
+
+    Every ``metadata.jsonl`` line holds ``file_name``, ``question``, ``answer`` and optionally ``family``
+    (``reasoning`` or ``ocr``; default ``reasoning``) and ``task`` (default: the family). At least one split
+    must exist. Images are checked up front so a broken file is reported by name, not mid-training.
+    """
+    import datasets
+
+    root = Path(data_dir)
+    expected = f"train/, validation/ or test/ subfolders, each with images and a metadata.jsonl"
+    if not root.is_dir():
+        raise UserError(f"image folder {str(root)!r} does not exist; expected a directory with {expected}")
+    splits = [s for s in SPLITS if (root / s / "metadata.jsonl").is_file()]
+    if not splits:
+        raise UserError(f"image folder {str(root)!r} holds no dataset; expected {expected}")
+    for split in splits:
+        _check_folder_split(root / split)
+    dd = datasets.load_dataset(
+        "imagefolder", data_files={s: str(root / s / "**") for s in splits}, cache_dir=None
+    )
+    out = {}
+    next_id = 0
+    for split in splits:
+        ds = dd[split]
+        if "family" not in ds.column_names:
+            ds = ds.add_column("family", ["reasoning"] * len(ds))
+        if "task" not in ds.column_names:
+            ds = ds.add_column("task", list(ds["family"]))
+        ds = ds.add_column("image_id", list(range(next_id, next_id + len(ds))))
+        next_id += len(ds)
+        keep = ["image", "question", "answer", "family", "task", "image_id"]
+        ds = ds.select_columns(keep).cast_column("question", datasets.Value("string"))
+        out[split] = ds.cast_column("answer", datasets.Value("string"))
+    return datasets.DatasetDict(out)
+
+
+def _check_folder_split(folder: Path) -> None:
+    meta = folder / "metadata.jsonl"
+    lines = [ln for ln in meta.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise UserError(f"{str(meta)!r} is empty; expected one JSON object per image")
+    for lineno, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{str(meta)!r} line {lineno} is not valid JSON ({e.msg})") from None
+        missing = [k for k in ("file_name", "question", "answer") if k not in rec]
+        if missing:
+            raise UserError(f"{str(meta)!r} line {lineno} lacks {missing}; need file_name, question, answer")
+        if rec.get("family", "reasoning") not in FAMILIES:
+            raise UserError(f"{str(meta)!r} line {lineno}: family={rec['family']!r}; allowed: {list(FAMILIES)}")
+        path = folder / rec["file_name"]
+        try:
+            with Image.open(path) as im:
+                im.verify()  # parses headers and checksums without decoding all pixels
+        except Exception as e:  # noqa: BLE001 - any failure here means the user's file is unusable
+            raise UserError(f"image {str(path)!r} cannot be read ({type(e).__name__}); fix or remove it") from None

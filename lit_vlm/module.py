@@ -1,0 +1,214 @@
+"""The LightningModule: one small LLaVA, its training stages, optimiser groups and per-family metrics.
+
+Stages follow LLaVA-1.5 (FACTS.md): ``align`` trains only the compressor and projector (LLM and vision
+frozen); ``instruct`` trains the LLM too. The vision tower trains only when ``vision.frozen`` is false (the
+offline kit has no pretrained tower, so the quickstart and the grid's stage 0 train one from scratch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+
+from lit_vlm.data.processor import VLMProcessor
+from lit_vlm.data.tokenizer import load_tokenizer
+from lit_vlm.flops import inference_flops
+from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch
+from lit_vlm.model.vision import VisionConfig
+from lit_vlm.model.vlm import VLM, LLMConfig
+
+FAMILIES = ("reasoning", "ocr")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with one learning rate per parameter group, linear warmup then cosine decay (per step)."""
+
+    lr: float = 1e-3
+    """Peak learning rate of the compressor and projector."""
+    llm_lr: float | None = None
+    """Peak learning rate of the LLM in the instruct stage (None: same as lr)."""
+    vision_lr: float | None = None
+    """Peak learning rate of the vision tower when it is not frozen (None: same as lr)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (all trainable parameters)."""
+    warmup_ratio: float = 0.03
+    """Fraction of the total steps spent in linear warmup (LLaVA uses 3%)."""
+    min_lr_ratio: float = 0.0
+    """The cosine decays to this fraction of each peak learning rate."""
+
+
+def _config(cls, value):
+    """Accept a dataclass, a dict (from YAML or a checkpoint's hparams) or None (defaults)."""
+    if value is None:
+        return cls()
+    return cls(**value) if isinstance(value, dict) else value
+
+
+def _family_metrics(family: str) -> MetricCollection:
+    metrics = {"accuracy": ExactMatch()}
+    if family == "ocr":
+        metrics |= {"anls": ANLS(), "cer": CharErrorRate()}
+    # compute_groups=False: ExactMatch and ANLS have identically named states, and torchmetrics would merge
+    # them into one group whenever their values coincide on the first batch (e.g. both 0 early in training).
+    return MetricCollection(metrics, compute_groups=False)
+
+
+class LitVLM(L.LightningModule):
+    """A LLaVA-style VLM: vision tower -> compressor (V visual tokens) -> projector -> causal LM.
+
+    Args:
+        vision: The vision tower (built from a config offline, or from_pretrained).
+        llm: The causal language model (built from a config offline, or from_pretrained).
+        compressor: Visual-token compressor: identity, avgpool, pixelshuffle, perceiver, tokenpacker, quecc.
+        visual_tokens: V, the number of visual tokens the LLM reads per image (the paper's knob).
+        compressor_options: Extra keyword options of the chosen compressor (e.g. depth, num_heads).
+        tokenizer: "synthetic" (built offline for the synthetic benchmark) or a tokenizer id/path.
+        stage: "align" trains compressor + projector; "instruct" trains the LLM as well.
+        optimizer: Learning rates, warmup and decay.
+        max_new_tokens: Greedy decoding length when evaluating.
+    """
+
+    def __init__(
+        self,
+        vision: VisionConfig | None = None,
+        llm: LLMConfig | None = None,
+        compressor: str = "avgpool",
+        visual_tokens: int = 16,
+        compressor_options: dict | None = None,
+        tokenizer: str = "synthetic",
+        stage: Literal["align", "instruct"] = "instruct",
+        optimizer: OptimizerConfig | None = None,
+        max_new_tokens: int = 8,
+    ):
+        super().__init__()
+        vision, llm, optimizer = _config(VisionConfig, vision), _config(LLMConfig, llm), _config(OptimizerConfig, optimizer)
+        # Plain dicts, so a checkpoint's hparams load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "vision": asdict(vision),
+                "llm": asdict(llm),
+                "compressor": compressor,
+                "visual_tokens": visual_tokens,
+                "compressor_options": compressor_options,
+                "tokenizer": tokenizer,
+                "stage": stage,
+                "optimizer": asdict(optimizer),
+                "max_new_tokens": max_new_tokens,
+            }
+        )
+        self.optim = optimizer
+        self.stage = stage
+        self.max_new_tokens = max_new_tokens
+        tok = load_tokenizer(tokenizer, trust_remote_code=llm.trust_remote_code)
+        self.vlm = VLM(vision, llm, compressor, visual_tokens, tok, compressor_options)
+        tower = self.vlm.vision_tower
+        self.processor = VLMProcessor(tok, image_size=tower.image_size, image_mean=tower.image_mean, image_std=tower.image_std)
+        self._apply_stage()
+        self.val_metrics = nn.ModuleDict({f: _family_metrics(f) for f in FAMILIES})
+        self.test_metrics = nn.ModuleDict({f: _family_metrics(f) for f in FAMILIES})
+        self.text_tokens = MeanMetric()
+
+    # --- stages and optimisation -------------------------------------------------------------------------
+    def _trainable(self) -> dict[str, bool]:
+        return {"vision": not self.vlm.vision_config.frozen, "compressor": True, "llm": self.stage == "instruct"}
+
+    def _apply_stage(self) -> None:
+        groups = self.vlm.param_groups()
+        for name, train in self._trainable().items():
+            for p in groups[name]:
+                p.requires_grad_(train)
+
+    def configure_optimizers(self):
+        lrs = {"vision": self.optim.vision_lr, "compressor": self.optim.lr, "llm": self.optim.llm_lr}
+        groups = [
+            {"params": [p for p in params if p.requires_grad], "lr": lrs[name] or self.optim.lr, "name": name}
+            for name, params in self.vlm.param_groups().items()
+            if self._trainable()[name]
+        ]
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.optim.warmup_ratio * total)
+        floor = self.optim.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def forward(self, batch: dict):
+        return self.vlm(batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.vlm(batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["answers"]))
+        return loss
+
+    def generate_answers(self, batch: dict) -> list[str]:
+        """Greedy answers (KV cache), decoded without special tokens."""
+        ids = self.vlm.generate(batch, max_new_tokens=self.max_new_tokens)
+        return self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def _eval_step(self, batch: dict, split: str, metrics: nn.ModuleDict) -> None:
+        size = len(batch["answers"])
+        self.log(f"{split}/loss", self.vlm(batch).loss, batch_size=size, prog_bar=split == "val")
+        preds = self.generate_answers(batch)
+        for family in FAMILIES:
+            rows = [i for i, f in enumerate(batch["families"]) if f == family]
+            if rows:
+                metrics[family].update([preds[i] for i in rows], [batch["answers"][i] for i in rows])
+        self.text_tokens.update((batch["prompt_mask"].sum(1) - 1).float())
+
+    def _eval_epoch_end(self, split: str, metrics: nn.ModuleDict) -> None:
+        for family in FAMILIES:
+            if metrics[family]["accuracy"].update_count:  # a family absent from this split logs nothing
+                for name, value in metrics[family].compute().items():
+                    self.log(f"{split}/{family}/{name}", value, prog_bar=name == "accuracy")
+            metrics[family].reset()
+        q = float(self.text_tokens.compute()) if self.text_tokens.update_count else 0.0
+        self.text_tokens.reset()
+        for name, value in self.cost(q).items():
+            self.log(f"cost/{name}", float(value))
+
+    def cost(self, text_tokens: float) -> dict[str, float]:
+        """N (with and without embeddings), V, Q and the analytic inference FLOPs 2 N (Q + V) per example."""
+        n = self.vlm.num_llm_params(with_embeddings=False)
+        return {
+            "llm_params": n,
+            "llm_params_with_embeddings": self.vlm.num_llm_params(with_embeddings=True),
+            "visual_tokens": self.vlm.visual_tokens,
+            "text_tokens": text_tokens,
+            "inference_flops": inference_flops(n, text_tokens, self.vlm.visual_tokens),
+        }
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.test_metrics)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        preds = self.generate_answers(batch)
+        keys = ("questions", "answers", "families", "tasks")
+        return [
+            {"question": q, "answer": a, "family": f, "task": t, "prediction": p}
+            for q, a, f, t, p in zip(*(batch[k] for k in keys), preds)
+        ]

@@ -1,0 +1,124 @@
+"""The command line: every YAML in configs/ parses, and every bad input ends in one clear line, exit 2."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_vlm.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FIT_CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "hub").glob("*.yaml"))
+GRID_CONFIGS = sorted((ROOT / "configs" / "grid").glob("*.yaml"))
+
+
+def run_cli(args, capsys, monkeypatch=None) -> tuple[int, str, str]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["lit_vlm", *args])  # as if typed: LightningCLI warns when argv and args differ
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.mark.parametrize("config", FIT_CONFIGS, ids=lambda p: p.name)
+def test_fit_configs_parse(config, capsys):
+    code, out, _ = run_cli(["fit", "--config", str(config), "--print_config"], capsys)
+    assert code == 0
+    assert "model:" in out and "visual_tokens" in out
+
+
+@pytest.mark.parametrize("config", GRID_CONFIGS, ids=lambda p: p.name)
+def test_grid_configs_parse(config):
+    from lit_vlm.grid import GridConfig, build_parser, validate
+
+    parser = build_parser()
+    init = parser.instantiate(parser.parse_args(["--config", str(config)]))
+    cfg = GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
+    if not cfg.vision.pretrained:  # hub towers need their checkpoint's config to know the grid
+        validate(cfg)
+    assert cfg.llms and cfg.visual_tokens
+
+
+def test_help_shows_field_docs(capsys):
+    code, out, _ = run_cli(["fit", "--help"], capsys)
+    assert code == 0
+    assert "visual_tokens" in out
+
+
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        (["--model.compressor", "bogus"], ["bogus", "avgpool"]),
+        (["--model.visual_tokens", "9"], ["9", "1, 4, 16"]),
+        (["--model.llm.hidden_size", "30", "--model.llm.num_heads", "4"], ["30"]),
+        (["--model.vision.model_type", "resnet"], ["resnet"]),
+        (["--model.not_a_key", "1"], ["not_a_key"]),
+    ],
+    ids=["compressor", "visual_tokens", "llm_hidden", "vision_type", "unknown_key"],
+)
+def test_bad_model_input(override, needles, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["fit", "--config", DEBUG, *override], capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, _, err = run_cli(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert_one_line_error(code, err, "nope.yaml")
+
+
+def test_unparsable_config_file(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n  visual_tokens: 4\n")
+    code, _, err = run_cli(["fit", "--config", str(bad)], capsys)
+    assert_one_line_error(code, err, "bad.yaml")
+
+
+def test_checkpoint_that_is_not_a_checkpoint(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake = tmp_path / "fake.ckpt"
+    fake.write_text("not a checkpoint")
+    code, _, err = run_cli(["validate", "--config", DEBUG, "--ckpt_path", str(fake)], capsys)
+    assert_one_line_error(code, err, "fake.ckpt")
+    weights = tmp_path / "weights.ckpt"
+    torch.save({"w": torch.zeros(1)}, weights)
+    code, _, err = run_cli(["validate", "--config", DEBUG, "--ckpt_path", str(weights)], capsys)
+    assert_one_line_error(code, err, "weights.ckpt", "state_dict")
+
+
+def test_empty_data_dir(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(
+        ["fit", "--config", DEBUG, "--data.source", "folder", "--data.data_dir", str(empty)], capsys
+    )
+    assert_one_line_error(code, err, str(empty))
+
+
+def test_unreadable_image_in_data_dir(capsys, tmp_path):
+    folder = tmp_path / "mydata"
+    for split in ("train", "validation", "test"):
+        (folder / split).mkdir(parents=True)
+        (folder / split / "a.png").write_bytes(b"this is not a png")
+        (folder / split / "metadata.jsonl").write_text(
+            '{"file_name": "a.png", "question": "what is the text?", "answer": "AB", "family": "ocr"}\n'
+        )
+    code, _, err = run_cli(
+        ["fit", "--config", DEBUG, "--data.source", "folder", "--data.data_dir", str(folder)], capsys
+    )
+    assert_one_line_error(code, err, "a.png")
