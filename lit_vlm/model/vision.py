@@ -140,9 +140,13 @@ class VisionTower(nn.Module):
             self.model = model_cls(hf_config, **extra)
             mean, std = _FAMILIES[model_type][3:]
         else:
-            hf_config = transformers.AutoConfig.from_pretrained(
-                config.pretrained, trust_remote_code=config.trust_remote_code
-            )
+            try:
+                hf_config = transformers.AutoConfig.from_pretrained(
+                    config.pretrained, trust_remote_code=config.trust_remote_code
+                )
+            except OSError as e:  # missing id/path, offline without a cached copy, no config.json
+                reason = next((s.strip() for s in str(e).splitlines() if s.strip()), type(e).__name__)
+                raise UserError(f"vision.pretrained={config.pretrained!r} cannot be loaded: {reason[:300]}") from None
             model_type = _CHECKPOINT_TYPES.get(hf_config.model_type)
             if model_type is None:
                 raise UserError(
