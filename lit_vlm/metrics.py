@@ -18,7 +18,10 @@ from torchmetrics import Metric
 from torchmetrics.functional.text import edit_distance
 from torchmetrics.text import CharErrorRate
 
-__all__ = ["ANLS", "CharErrorRate", "ExactMatch", "VQAAccuracy", "normalize_answer", "vqa_normalize"]
+__all__ = [
+    "ANLS", "CharErrorRate", "ExactMatch", "MultipleChoiceAccuracy", "VQAAccuracy", "choice_letter", "metric_for",
+    "normalize_answer", "vqa_normalize",
+]
 
 
 def normalize_answer(text: str) -> str:
@@ -114,3 +117,32 @@ class VQAAccuracy(_MeanScore):
             others = gts[:i] + gts[i + 1 :]
             accs.append(min(1.0, sum(g == p for g in others) / 3.0))
         return sum(accs) / len(accs)
+
+
+_LETTER = re.compile(r"^\s*(?:answer\s*[:\-]?\s*)?\(?([A-Z])(?:[\).:,]|\s|$)", re.IGNORECASE)
+
+
+def choice_letter(prediction: str) -> str:
+    """The option letter a prediction names ("B", "(b)", "B. a cat", "Answer: B") or the stripped text."""
+    m = _LETTER.match(prediction)
+    return m.group(1).upper() if m else prediction.strip()
+
+
+class MultipleChoiceAccuracy(ExactMatch):
+    """Accuracy of the option letter (LLaVA's multiple-choice evaluation)."""
+
+    def score(self, pred: str, targets: list[str]) -> float:
+        p = choice_letter(pred)
+        return float(any(p == t.strip().upper() for t in targets))
+
+
+METRICS = {"exact": ExactMatch, "vqa": VQAAccuracy, "anls": ANLS, "multiple_choice": MultipleChoiceAccuracy}
+
+
+def metric_for(name: str) -> Metric:
+    """A fresh metric by name: exact, vqa, anls or multiple_choice."""
+    if name not in METRICS:
+        from lit_vlm.errors import UserError
+
+        raise UserError(f"metric {name!r} is not known; allowed: {', '.join(METRICS)}")
+    return METRICS[name]()

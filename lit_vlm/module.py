@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from lit_vlm.data.processor import VLMProcessor
 from lit_vlm.data.tokenizer import load_tokenizer
 from lit_vlm.flops import inference_flops
-from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch
+from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch, MultipleChoiceAccuracy, VQAAccuracy
 from lit_vlm.model.vision import VisionConfig
 from lit_vlm.model.vlm import VLM, LLMConfig
 
@@ -52,7 +52,8 @@ def _config(cls, value):
 
 
 def _family_metrics(family: str) -> MetricCollection:
-    metrics = {"accuracy": ExactMatch()}
+    """Every metric a row of this family may be scored with; only those that saw a row are logged."""
+    metrics = {"accuracy": ExactMatch(), "vqa_accuracy": VQAAccuracy(), "mc_accuracy": MultipleChoiceAccuracy()}
     if family == "ocr":
         metrics |= {"anls": ANLS(), "cer": CharErrorRate()}
     # compute_groups=False: ExactMatch and ANLS have identically named states, and torchmetrics would merge
@@ -166,16 +167,30 @@ class LitVLM(L.LightningModule):
         self.log(f"{split}/loss", self.vlm(batch).loss, batch_size=size, prog_bar=split == "val")
         preds = self.generate_answers(batch)
         for family in FAMILIES:
-            rows = [i for i, f in enumerate(batch["families"]) if f == family]
-            if rows:
-                metrics[family].update([preds[i] for i in rows], [batch["answers"][i] for i in rows])
+            for name, rows in self._rows_by_metric(batch, family).items():
+                targets = batch.get("answer_lists", batch["answers"])
+                p, t = [preds[i] for i in rows], [targets[i] for i in rows]
+                metrics[family][name].update(p, t)
+                if name == "accuracy" and family == "ocr":  # the synthetic OCR family: also ANLS and CER
+                    metrics[family]["anls"].update(p, t)
+                    metrics[family]["cer"].update(p, [batch["answers"][i] for i in rows])
         self.text_tokens.update((batch["prompt_mask"].sum(1) - 1).float())
+
+    @staticmethod
+    def _rows_by_metric(batch: dict, family: str) -> dict[str, list[int]]:
+        """Synthetic rows are scored by exact match; hub rows by their dataset's metric (VQA, ANLS, letter)."""
+        names = {"exact": "accuracy", "vqa": "vqa_accuracy", "anls": "anls", "multiple_choice": "mc_accuracy", None: "accuracy"}
+        routed: dict[str, list[int]] = {}
+        for i, f in enumerate(batch["families"]):
+            if f == family:
+                routed.setdefault(names[batch.get("metrics", [None] * (i + 1))[i]], []).append(i)
+        return routed
 
     def _eval_epoch_end(self, split: str, metrics: nn.ModuleDict) -> None:
         for family in FAMILIES:
-            if metrics[family]["accuracy"].update_count:  # a family absent from this split logs nothing
-                for name, value in metrics[family].compute().items():
-                    self.log(f"{split}/{family}/{name}", value, prog_bar=name == "accuracy")
+            for name, metric in metrics[family].items():
+                if metric.update_count:  # a family or metric that saw no row logs nothing
+                    self.log(f"{split}/{family}/{name}", metric.compute(), prog_bar=name == "accuracy")
             metrics[family].reset()
         q = float(self.text_tokens.compute()) if self.text_tokens.update_count else 0.0
         self.text_tokens.reset()

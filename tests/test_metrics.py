@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lit_vlm.data.hub import MultipleChoiceAccuracy, choice_letter, metric_for
+from lit_vlm.data.hub import metric_for
+from lit_vlm.metrics import MultipleChoiceAccuracy, choice_letter
 from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch, VQAAccuracy, normalize_answer, vqa_normalize
 
 

@@ -39,7 +39,8 @@ from typing import Any
 import datasets
 
 from lit_vlm.errors import UserError
-from lit_vlm.metrics import ANLS, ExactMatch, VQAAccuracy
+from lit_vlm.metrics import MultipleChoiceAccuracy, choice_letter  # noqa: F401  (re-exported for hub users)
+from lit_vlm.metrics import metric_for as _metric_by_name
 
 log = logging.getLogger("lit_vlm.hub")
 
@@ -633,30 +634,9 @@ def load_hub_mix_cached(data_dir: str, hub: dict) -> datasets.DatasetDict:
 
 
 # --- scoring ------------------------------------------------------------------------------------------------------
-_LETTER = re.compile(r"^\s*(?:answer\s*[:\-]?\s*)?\(?([A-Z])(?:[\).:,]|\s|$)", re.IGNORECASE)
-
-
-def choice_letter(prediction: str) -> str:
-    """The option letter a prediction names ("B", "(b)", "B. a cat", "Answer: B") or the stripped text."""
-    m = _LETTER.match(prediction)
-    return m.group(1).upper() if m else prediction.strip()
-
-
-class MultipleChoiceAccuracy(ExactMatch):
-    """Accuracy of the option letter (LLaVA's multiple-choice evaluation)."""
-
-    def score(self, pred: str, targets: list[str]) -> float:
-        p = choice_letter(pred)
-        return float(any(p == t.strip().upper() for t in targets))
-
-
 def metric_for(metric_or_task: str):
     """A fresh torchmetrics Metric for a metric name ("vqa", ...) or a registry task ("textvqa")."""
-    name = REGISTRY[metric_or_task].metric if metric_or_task in REGISTRY else metric_or_task
-    makers = {"vqa": VQAAccuracy, "anls": ANLS, "multiple_choice": MultipleChoiceAccuracy, "exact": ExactMatch}
-    if name not in makers:
-        raise UserError(f"metric {metric_or_task!r} is not known; allowed: {', '.join(makers)} or a registry task")
-    return makers[name]()
+    return _metric_by_name(REGISTRY[metric_or_task].metric if metric_or_task in REGISTRY else metric_or_task)
 
 
 def spec_table() -> list[dict]:

@@ -94,6 +94,8 @@ class VLMProcessor:
         }
         if "answers" in rows[0] and isinstance(rows[0]["answers"], (list, tuple)):
             batch["answer_lists"] = [list(r["answers"]) for r in rows]  # e.g. VQA's 10 human answers
+        if rows[0].get("metric"):
+            batch["metrics"] = [r["metric"] for r in rows]  # hub rows name the metric their dataset uses
         if "vision_features" in rows[0]:
             batch["vision_features"] = torch.stack([torch.as_tensor(np.asarray(r["vision_features"])) for r in rows])
         else:

@@ -140,8 +140,8 @@ def resolve_options(**options: Any) -> dict[str, Any]:
     if len(length) != 2 or not all(isinstance(n, int) for n in length) or not 2 <= length[0] <= length[1] <= 6:
         raise UserError(f"ocr_length={list(length)}: must be [min, max] integers with 2 <= min <= max <= 6")
     sizes = tuple(opts["font_sizes"])
-    if not sizes or not all(isinstance(s, int) and 6 <= s <= 16 for s in sizes):
-        raise UserError(f"font_sizes={list(sizes)}: must be integers in 6..16 (pixels at 64 px)")
+    if not sizes or not all(isinstance(s, int) and 6 <= s <= 24 for s in sizes):
+        raise UserError(f"font_sizes={list(sizes)}: must be integers in 6..24 (pixels at 64 px)")
     return {
         "colors": colors,
         "shapes": shapes,

@@ -42,7 +42,9 @@ def build_synthetic_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Whitespace(), pre_tokenizers.Split(Regex("[A-Z0-9]"), behavior="isolated")]
     )
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins word tokens with single spaces
+    # Answers are one word or one character string, so decoding concatenates tokens: "K 7 Q Z" -> "K7QZ",
+    # which keeps ANLS and CER honest (a space between characters is not a reading error).
+    tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, extra_special_tokens={"image_token": IMAGE_TOKEN})
     fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     fast.chat_template = SYNTHETIC_CHAT_TEMPLATE
