@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -203,6 +204,10 @@ def _tower_fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 
 def load_or_train_tower(cfg: GridConfig) -> dict[str, torch.Tensor]:
+    if cfg.vision.pretrained:  # a pretrained tower (CLIP, SigLIP) is already trained: no stage 0
+        from lit_vlm.model.vision import VisionTower
+
+        return VisionTower(replace(cfg.vision, frozen=True)).state_dict()
     path = Path(cfg.tower.checkpoint)
     arch = json.dumps({k: v for k, v in asdict(cfg.vision).items() if k not in ("frozen",)}, sort_keys=True)
     if path.exists():
@@ -260,13 +265,16 @@ def _train_tower(cfg: GridConfig, path: Path, arch: str) -> dict[str, torch.Tens
 
 
 # --- feature cache -----------------------------------------------------------------------------------------
-def build_feature_cache(cfg: GridConfig, tower_state: dict, datamodule, processor) -> dict[str, np.ndarray]:
+def build_feature_cache(cfg: GridConfig, tower_state: dict, datamodule) -> dict[str, np.ndarray]:
     """Features of every image of every split, memory-mapped; computed once per (tower, layers, data)."""
+    from lit_vlm.data.processor import VLMProcessor
     from lit_vlm.model.vision import VisionTower
 
     tower = VisionTower(replace(cfg.vision, frozen=True))
     tower.load_state_dict(tower_state)
     tower.eval()
+    # The tower's own resolution and normalisation (a pretrained checkpoint brings its own).
+    processor = VLMProcessor(datamodule.processor.tokenizer, tower.image_size, tower.image_mean, tower.image_std)
     fingerprints = {s: ds._fingerprint for s, ds in datamodule.datasets.items()}
     key = hashlib.sha256(
         json.dumps([_tower_fingerprint(tower_state), cfg.vision.feature_layers, fingerprints], sort_keys=True).encode()
@@ -278,7 +286,7 @@ def build_feature_cache(cfg: GridConfig, tower_state: dict, datamodule, processo
     for split, ds in datamodule.datasets.items():
         path = folder / f"{split}.npy"
         if not path.exists():
-            tmp = folder / f".{split}.npy.tmp"
+            tmp = folder / f".{split}.{os.getpid()}.npy.tmp"  # one per process: DDP ranks may build it together
             shape = (len(ds), tower.num_levels, tower.num_patches, tower.hidden_size)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
             with torch.no_grad():
@@ -394,18 +402,18 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
     features = None
     if cfg.feature_cache:
         tok = load_tokenizer(cfg.model.get("tokenizer", "synthetic"))
-        processor = VLMProcessor(tok, image_size=cfg.vision.image_size)
-        dm = VLMDataModule(**cfg.data, processor=processor)
+        dm = VLMDataModule(**cfg.data, processor=VLMProcessor(tok, image_size=cfg.vision.image_size))
         dm.prepare_data()
         dm.setup("fit")
-        features = build_feature_cache(cfg, tower_state, dm, processor)
+        features = build_feature_cache(cfg, tower_state, dm)
 
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="cell", position=0)
     for cell in todo:
         bar.set_postfix_str(cell.id)
         start = time.perf_counter()
         rows = run_cell(cfg, cell, tower_state, features)
-        table.replace_cell(cell.id, rows)
+        if rank_zero_only.rank == 0:  # under DDP every rank runs the cell; one writes the table
+            table.replace_cell(cell.id, rows)
         summary = ", ".join(f"{r['family']} acc={r['accuracy']:.3f}" for r in rows)
         log.info("cell %s done in %.1fs: %s", cell.id, time.perf_counter() - start, summary)
         bar.update(1)

@@ -1,0 +1,61 @@
+"""Feature cache vs recomputing vision features every step, side by side in one process.
+
+    python bench/bench_feature_cache.py [--config configs/grid/cpu_smoke.yaml] [--out bench/results/feature_cache.txt]
+
+Both runs share one stage-0 tower (trained once, before timing) and the same cells; the cached run's time
+includes building the cache. Reports wall times and their ratio (these machines are shared and noisy, so
+only the ratio taken in one run means anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_vlm.grid import GridConfig, build_parser, load_or_train_tower, run_grid  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/grid/cpu_smoke.yaml")
+    ap.add_argument("--out", default="bench/results/feature_cache.txt")
+    args = ap.parse_args()
+    parser = build_parser()
+    init = parser.instantiate(parser.parse_args(["--config", args.config]))
+    base = GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    base = replace(base, data={**base.data, "data_dir": str(tmp / "data")},
+                   tower=replace(base.tower, checkpoint=str(tmp / "tower.safetensors")),
+                   trainer={**base.trainer, "enable_progress_bar": False})
+    load_or_train_tower(replace(base, out_dir=str(tmp / "stage0")))  # stage 0 once, outside both timings
+    times = {}
+    for cached in (True, False):  # cached first: it also pays for generating the dataset
+        cfg = replace(base, out_dir=str(tmp / f"cache_{cached}"), feature_cache=cached)
+        start = time.perf_counter()
+        run_grid(cfg)
+        times[cached] = time.perf_counter() - start
+    ratio = times[False] / times[True]
+    lines = [
+        f"# python bench/bench_feature_cache.py --config {args.config}",
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"cells: {len(base.llms) * len(base.visual_tokens) * len(base.compressors) * len(base.seeds)}, "
+        f"steps per cell: {base.trainer.get('max_steps')}",
+        f"recompute vision features every step: {times[False]:.1f} s",
+        f"feature cache (including building it):  {times[True]:.1f} s",
+        f"speedup: {ratio:.2f}x",
+    ]
+    print("\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

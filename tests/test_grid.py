@@ -1,0 +1,184 @@
+"""The grid runner: results, resume after kill -9, feature cache keys, bad input, committed results."""
+
+import csv
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_vlm.errors import UserError
+from lit_vlm.grid import COLUMNS, GridConfig, ResultsTable, build_parser, run_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "llms": {
+        "xs": {"model_type": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2},
+        "s": {"model_type": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+    },
+    "visual_tokens": [1, 4],
+    "compressors": ["avgpool"],
+    "vision": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+    "model": {"max_new_tokens": 3},
+    "data": {"num_train": 64, "num_val": 16, "num_test": 32, "batch_size": 16, "eval_batch_size": 32},
+    "trainer": {"accelerator": "cpu", "max_steps": 4, "enable_model_summary": False, "enable_progress_bar": False},
+    "tower": {"llm": {"model_type": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2}, "max_steps": 4},
+}
+
+
+def write_config(tmp_path: Path, **overrides) -> Path:
+    cfg = {**TINY, **overrides, "out_dir": str(tmp_path / "grid")}
+    cfg["data"] = {**cfg["data"], "data_dir": str(tmp_path / "data")}
+    cfg["tower"] = {**cfg["tower"], "checkpoint": str(tmp_path / "grid" / "tower.safetensors")}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def load(path: Path) -> GridConfig:
+    parser = build_parser()
+    init = parser.instantiate(parser.parse_args(["--config", str(path)]))
+    return GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_writes_one_row_per_cell_and_family(tmp_path):
+    cfg = load(write_config(tmp_path))
+    table = run_grid(cfg)
+    rows = read_rows(table)
+    assert len(rows) == 2 * 2 * 2  # sizes x V x families
+    assert list(rows[0]) == COLUMNS
+    for row in rows:
+        n, v, q = int(row["llm_params"]), int(row["visual_tokens"]), float(row["text_tokens"])
+        assert float(row["inference_flops"]) == pytest.approx(2 * n * (q + v), rel=1e-6)
+        assert 0.5 < float(row["flops_ratio"]) < 3.0  # attention and the kept lm_head row on top of 2 N (Q + V)
+        assert Path(row["checkpoint"]).is_file()
+    # A re-run finds every cell done and trains nothing.
+    before = table.stat().st_mtime_ns
+    run_grid(cfg)
+    assert table.stat().st_mtime_ns == before
+
+
+def test_feature_cache_is_keyed_by_the_tower(tmp_path):
+    cfg = load(write_config(tmp_path, llms={"xs": TINY["llms"]["xs"]}, visual_tokens=[1]))
+    run_grid(cfg)
+    features = Path(cfg.out_dir) / "features"
+    assert len(list(features.iterdir())) == 1
+    # Another tower (retrained with other steps) must not reuse the cached features.
+    Path(cfg.tower.checkpoint).unlink()
+    other = replace(cfg, tower=replace(cfg.tower, max_steps=6))
+    run_grid(other, force=True)
+    assert len(list(features.iterdir())) == 2
+
+
+def test_resume_after_kill_minus_9(tmp_path):
+    config = write_config(tmp_path)
+    command = [sys.executable, "-m", "lit_vlm", "grid", "--config", str(config)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    rng = random.Random(0)
+    for _ in range(5):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 12.0))  # imports take a few seconds; later kills land mid-cell
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        table = tmp_path / "grid" / "results.csv"
+        if table.exists():  # whatever is there is a valid table: header and whole rows only
+            rows = read_rows(table)
+            assert all(len(r) == len(COLUMNS) and None not in r.values() for r in rows)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_rows(tmp_path / "grid" / "results.csv")
+    keys = [(r["cell"], r["family"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 8  # nothing lost, nothing duplicated
+
+
+def test_results_with_other_columns_are_refused(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="refusing to overwrite"):
+        ResultsTable(path)
+    assert path.read_text() == "a,b\n1,2\n"
+
+
+def test_disk_full_leaves_the_table_valid(tmp_path, monkeypatch):
+    table = ResultsTable(tmp_path / "results.csv")
+    row = {c: "1" for c in COLUMNS}
+    table.replace_cell("a", [{**row, "cell": "a"}])
+    before = (tmp_path / "results.csv").read_text()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("csv.DictWriter.writerows", no_space)
+    with pytest.raises(UserError, match="disk full"):
+        table.replace_cell("b", [{**row, "cell": "b"}])
+    assert (tmp_path / "results.csv").read_text() == before
+    assert not list(tmp_path.glob(".results-*"))
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"llms": {}}, "llms is empty"),
+        ({"visual_tokens": []}, "visual_tokens is empty"),
+        ({"visual_tokens": [9]}, "visual_tokens=9 fits no compressor"),
+    ],
+)
+def test_bad_grid_configs(tmp_path, overrides, needle):
+    cfg = load(write_config(tmp_path, **overrides))
+    with pytest.raises(UserError, match=needle):
+        run_grid(cfg)
+    assert not (tmp_path / "grid" / "results.csv").exists()
+
+
+def test_incompatible_or_missing_tower(tmp_path):
+    cfg = load(write_config(tmp_path, llms={"xs": TINY["llms"]["xs"]}, visual_tokens=[1]))
+    run_grid(cfg)
+    wider = replace(cfg, vision=replace(cfg.vision, hidden_size=32))
+    with pytest.raises(UserError, match="another vision config"):
+        run_grid(wider, force=True)
+    missing = replace(cfg, tower=replace(cfg.tower, checkpoint=str(tmp_path / "nope.safetensors"), train_if_missing=False))
+    with pytest.raises(UserError, match="does not exist"):
+        run_grid(missing, force=True)
+
+
+def test_cli_error_is_one_line(tmp_path):
+    config = write_config(tmp_path, visual_tokens=[])
+    done = subprocess.run([sys.executable, "-m", "lit_vlm", "grid", "--config", str(config)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: visual_tokens is empty")
+
+
+COMMITTED = ROOT / "results" / "cpu_mini" / "results.csv"
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="results/cpu_mini has not been committed yet")
+def test_one_committed_cell_reproduces_exactly(tmp_path):
+    cfg = load(ROOT / "configs" / "grid" / "cpu_mini.yaml")
+    rows = read_rows(COMMITTED)
+    cell = min(rows, key=lambda r: (int(r["llm_params"]), int(r["visual_tokens"])))["cell"]
+    tower = ROOT / cfg.tower.checkpoint
+    cfg = replace(
+        cfg,
+        out_dir=str(tmp_path / "grid"),
+        data={**cfg.data, "data_dir": str(tmp_path / "data")},
+        tower=replace(cfg.tower, checkpoint=str(tower), train_if_missing=False),
+    )
+    table = run_grid(cfg, only=[cell])
+    fresh = {r["family"]: r for r in read_rows(table)}
+    for committed in (r for r in rows if r["cell"] == cell):
+        for metric in ("accuracy", "anls", "cer", "loss", "llm_params", "inference_flops"):
+            assert fresh[committed["family"]][metric] == committed[metric], (committed["family"], metric)
