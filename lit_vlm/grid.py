@@ -96,6 +96,9 @@ class GridConfig:
     """Compute the frozen tower's features once and reuse them in every cell."""
     eval_split: str = "test"
     """The split whose metrics go into the table: validation or test."""
+    num_threads: int | None = None
+    """CPU threads for torch (None: torch's default). Part of the config because results on a CPU can
+    depend on it, and because two processes with two threads each on two cores thrash (OpenMP spin-waits)."""
 
 
 @dataclass(frozen=True)
@@ -378,6 +381,8 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
     from lit_vlm.data.processor import VLMProcessor
 
     validate(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = ResultsTable(out / "results.csv")
