@@ -57,38 +57,55 @@ def _prefill_inputs(vlm, batch: dict) -> dict:
     return vlm.splice(batch["prompt_ids"], batch["prompt_mask"], visual)
 
 
+def _prefill(vlm, inputs: dict):
+    # logits_to_keep=1: a real prefill only needs the next-token logits, not the whole vocabulary per position.
+    return vlm.llm(
+        inputs_embeds=inputs["inputs_embeds"],
+        attention_mask=inputs["attention_mask"],
+        position_ids=inputs["position_ids"],
+        logits_to_keep=1,
+        use_cache=False,
+    )
+
+
+def _one(inputs: dict, i: int) -> dict:
+    """Example i alone, its left padding cut off: counted FLOPs then cover real tokens only."""
+    keep = inputs["attention_mask"][i].bool()
+    return {k: v[i : i + 1, keep] if v.dim() == 2 else v[i : i + 1, keep, :] for k, v in inputs.items() if k != "labels"}
+
+
 @torch.no_grad()
-def measure_prefill(vlm, batch: dict, repeats: int = 3) -> PrefillCost:
-    """Count FLOPs and time the LLM prefill of ``batch`` (prompt + visual tokens, last logits only)."""
+def measure_prefill(vlm, batch: dict, repeats: int = 3, examples: int = 8) -> PrefillCost:
+    """Count FLOPs of the LLM prefill (prompt + visual tokens, last logits only) per example, and time the
+    prefill of the whole batch.
+
+    FLOPs are counted on up to ``examples`` single, unpadded examples with eager attention: torch's counter
+    sees no FLOPs inside fused SDPA kernels on CPU, and padding is a batching cost, not the model's.
+    """
     was_training = vlm.training
     vlm.eval()
     inputs = _prefill_inputs(vlm, batch)
-
-    def prefill():
-        # logits_to_keep=1: a real prefill only needs the next-token logits, not the whole vocabulary per position.
-        return vlm.llm(
-            inputs_embeds=inputs["inputs_embeds"],
-            attention_mask=inputs["attention_mask"],
-            position_ids=inputs["position_ids"],
-            logits_to_keep=1,
-            use_cache=False,
-        )
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        prefill()
+    count = min(examples, inputs["inputs_embeds"].shape[0])
+    attn = vlm.llm.config._attn_implementation
+    vlm.llm.set_attn_implementation("eager")
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            for i in range(count):
+                _prefill(vlm, _one(inputs, i))
+    finally:
+        vlm.llm.set_attn_implementation(attn)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        prefill()
+        _prefill(vlm, inputs)
         times.append(time.perf_counter() - start)
     vlm.train(was_training)
 
-    batch_size = batch["prompt_ids"].shape[0]
-    text_tokens = float((batch["prompt_mask"].sum(1) - 1).float().mean())  # minus the image placeholder
+    text_tokens = float((batch["prompt_mask"][:count].sum(1) - 1).float().mean())  # minus the image placeholder
     n = vlm.num_llm_params(with_embeddings=False)
     analytic = inference_flops(n, text_tokens, vlm.visual_tokens)
-    measured = counter.get_total_flops() / batch_size
+    measured = counter.get_total_flops() / count
     return PrefillCost(
         analytic_flops=analytic,
         measured_flops=measured,

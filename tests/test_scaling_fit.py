@@ -5,6 +5,7 @@ import pytest
 from scipy.optimize import minimize, nnls
 
 from lit_vlm.scaling import bootstrap, derived, fit_law, get_law, identify, load_results, make_results, profile_floor
+from lit_vlm.errors import UserError
 from lit_vlm.scaling.fit import nnls_batch, profiled
 
 SIZES, VS = [0.1, 0.3, 1, 3, 10, 30], [1, 4, 16, 64, 144, 576]
@@ -135,3 +136,10 @@ def test_the_floor_d_is_reported_as_not_identified_on_the_paper_grid():
     assert ok["D"] is False and "bound" in why["D"] and "profile" in why["D"]
     assert ok["alpha_over_beta"] and ok["v_star_q50"]
     assert profile.ci95[1] > 0.05  # D could be far from its estimate without a significantly worse fit
+
+
+def test_a_flat_table_is_refused_with_a_clear_error():
+    # A grid whose models all stayed at chance: nothing to fit, and it must say so rather than crash.
+    flat = make_results([1, 1, 2, 2, 4, 4], [1, 4, 1, 4, 1, 4], error=np.ones(6) * 0.9)
+    with pytest.raises(UserError, match="same error"):
+        fit_law(flat)

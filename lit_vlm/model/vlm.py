@@ -12,12 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lit_vlm.data.tokenizer import IMAGE_TOKEN  # one definition, shared with the processor
 from lit_vlm.errors import UserError
 from lit_vlm.model.compressors import build_compressor
 from lit_vlm.model.vision import VisionConfig, VisionTower
-
-# Kept here until lit_vlm.data.tokenizer exists; it must stay equal to the one used by the processor.
-from lit_vlm.data.tokenizer import IMAGE_TOKEN  # noqa: E402  (one definition, shared with the data side)
 
 
 @dataclass

@@ -102,6 +102,11 @@ def check_fittable(results: Results, law: Law):
         raise UserError(f"alpha cannot be fitted: it needs >= 2 LLM sizes, got 1 ({sizes[0]:g}B)")
     if len(vs) < 2:
         raise UserError(f"beta cannot be fitted: it needs >= 2 visual-token counts V, got 1 (V={vs[0]:g})")
+    if np.ptp(results.error) == 0:
+        raise UserError(
+            f"every cell has the same error ({results.error[0]:g}): the table carries no signal in N or V to fit "
+            "(a grid whose models stayed at chance looks like this; train longer)"
+        )
     k = len(law.params)
     if len(results) <= k:
         raise UserError(f"{len(results)} points are too few for the {law.name} law's {k} parameters; "
