@@ -27,14 +27,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/grid/cpu_smoke.yaml")
     ap.add_argument("--out", default="bench/results/feature_cache.txt")
+    ap.add_argument("--tower", default=None, help="use this stage-0 checkpoint instead of training one")
+    ap.add_argument("--llms", nargs="*", default=None, help="only these LLM sizes of the config")
+    ap.add_argument("--visual-tokens", nargs="*", type=int, default=None, help="only these V")
+    ap.add_argument("--max-steps", type=int, default=None, help="training steps per cell")
     args = ap.parse_args()
     parser = build_parser()
     init = parser.instantiate(parser.parse_args(["--config", args.config]))
     base = GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
     tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    tower = args.tower or str(tmp / "tower.safetensors")
     base = replace(base, data={**base.data, "data_dir": str(tmp / "data")},
-                   tower=replace(base.tower, checkpoint=str(tmp / "tower.safetensors")),
-                   trainer={**base.trainer, "enable_progress_bar": False})
+                   tower=replace(base.tower, checkpoint=tower),
+                   trainer={**base.trainer, "enable_progress_bar": False,
+                            **({"max_steps": args.max_steps} if args.max_steps else {})},
+                   llms={k: v for k, v in base.llms.items() if not args.llms or k in args.llms},
+                   visual_tokens=args.visual_tokens or base.visual_tokens)
     load_or_train_tower(replace(base, out_dir=str(tmp / "stage0")))  # stage 0 once, outside both timings
     times = {}
     for cached in (True, False):  # cached first: it also pays for generating the dataset
@@ -44,7 +52,7 @@ def main() -> None:
         times[cached] = time.perf_counter() - start
     ratio = times[False] / times[True]
     lines = [
-        f"# python bench/bench_feature_cache.py --config {args.config}",
+        "# python " + " ".join(sys.argv),
         f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         f"cells: {len(base.llms) * len(base.visual_tokens) * len(base.compressors) * len(base.seeds)}, "
         f"steps per cell: {base.trainer.get('max_steps')}",
