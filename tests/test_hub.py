@@ -405,8 +405,9 @@ def test_pretrained_llm_and_tokenizer_by_path(model_type, tmp_path):
     from lit_vlm.model.vlm import IMAGE_TOKEN, VLM, LLMConfig
 
     save_tiny_llm(tmp_path, model_type)
-    tokenizer_mod = pytest.importorskip("lit_vlm.data.tokenizer")
-    tok = tokenizer_mod.load_tokenizer(str(tmp_path))
+    from lit_vlm.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(tmp_path))
     assert tok.convert_tokens_to_ids(IMAGE_TOKEN) not in (None, tok.unk_token_id)
     assert tok.pad_token_id is not None and tok.chat_template
     prompt = tok.apply_chat_template([{"role": "user", "content": f"{IMAGE_TOKEN} what is it ?"}],
