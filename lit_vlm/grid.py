@@ -320,7 +320,7 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, features: dict | No
         **cfg.model,
     )
     module.vlm.vision_tower.load_state_dict(tower_state)
-    dm = VLMDataModule(**{**cfg.data, "seed": cfg.data.get("seed", 0)}, processor=module.processor)
+    dm = VLMDataModule(**cfg.data, processor=module.processor)
     dm.feature_cache = features
     trainer = L.Trainer(
         default_root_dir=cell_dir,
