@@ -1,0 +1,314 @@
+"""Synthetic benchmark, image folders, processor and DataModule: offline, CPU, a few seconds."""
+
+import hashlib
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lit_vlm.data import synthetic
+from lit_vlm.data.datamodule import VLMDataModule
+from lit_vlm.data.processor import VLMProcessor
+from lit_vlm.data.synthetic import (
+    OCR_TASKS,
+    REASONING_TASKS,
+    build_synthetic_benchmark,
+    chance_accuracy,
+    draw_example,
+    load_image_folder,
+)
+from lit_vlm.data.tokenizer import IMAGE_TOKEN, build_synthetic_tokenizer
+from lit_vlm.errors import UserError
+
+SMALL = dict(num_train=120, num_val=40, num_test=40)
+CONTRACT = {
+    "input_ids", "attention_mask", "labels", "prompt_ids", "prompt_mask", "question_ids", "question_mask",
+    "pixel_values", "index", "answers", "questions", "families", "tasks",
+}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_synthetic_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def processor(tok):
+    return VLMProcessor(tok, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return build_synthetic_benchmark(tmp_path_factory.mktemp("bench"), **SMALL)
+
+
+def image_hashes(ds):
+    raw = ds.cast_column("image", type(ds.features["image"])(decode=False))
+    return [hashlib.sha1(r["bytes"]).hexdigest() for r in raw["image"]]
+
+
+def rows_of(ds):
+    return ds.remove_columns("image").to_list()
+
+
+# --- the benchmark -----------------------------------------------------------------------------------------
+def test_schema_and_sizes(bench):
+    assert list(bench) == ["train", "validation", "test"]
+    assert [len(bench[s]) for s in bench] == [120, 40, 40]
+    assert set(bench["train"].column_names) == {"image", "question", "answer", "family", "task", "image_id"}
+    row = bench["train"][0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (64, 64)
+    ids = [i for s in bench for i in bench[s]["image_id"]]
+    assert len(set(ids)) == len(ids)  # unique across splits
+
+
+def test_same_seed_same_bytes_and_rows(bench, tmp_path):
+    again = build_synthetic_benchmark(tmp_path, **SMALL)
+    for split in bench:
+        assert image_hashes(again[split]) == image_hashes(bench[split])
+        assert rows_of(again[split]) == rows_of(bench[split])
+
+
+def test_other_seed_differs(bench, tmp_path):
+    other = build_synthetic_benchmark(tmp_path, seed=1, **SMALL)
+    assert set(image_hashes(other["train"])).isdisjoint(image_hashes(bench["train"]))
+
+
+def test_splits_share_no_image(bench):
+    train, val, test = (set(image_hashes(bench[s])) for s in ("train", "validation", "test"))
+    assert train.isdisjoint(val) and train.isdisjoint(test) and val.isdisjoint(test)
+
+
+def test_cross_split_duplicates_are_redrawn(monkeypatch, tmp_path):
+    real = synthetic._draw
+
+    def collide(split, index, seed, image_size, families, attempt, opts):
+        # validation row 0, first attempt: a copy of train row 0
+        return real("train" if (split, index, attempt) == ("validation", 0, 0) else split, index, seed,
+                    image_size, families, attempt, opts)
+
+    monkeypatch.setattr(synthetic, "_draw", collide)
+    dd = build_synthetic_benchmark(tmp_path, num_train=4, num_val=2, num_test=1)
+    assert image_hashes(dd["validation"])[0] not in image_hashes(dd["train"])
+
+
+def test_cached_benchmark_is_reused(monkeypatch, tmp_path):
+    first = build_synthetic_benchmark(tmp_path, **SMALL)
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("synthetic-")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("regenerated a cached benchmark")
+
+    monkeypatch.setattr(synthetic, "generate_rows", fail)
+    second = build_synthetic_benchmark(tmp_path, **SMALL)
+    assert rows_of(second["test"]) == rows_of(first["test"])
+    with pytest.raises(AssertionError, match="regenerated"):  # other parameters -> another fingerprint
+        build_synthetic_benchmark(tmp_path, **{**SMALL, "num_test": 41})
+
+
+def test_half_written_cache_is_not_used(tmp_path):
+    build_synthetic_benchmark(tmp_path, **SMALL)
+    folder = next(tmp_path.iterdir())
+    (folder / "params.json").unlink()  # as if generation had been interrupted before completion
+    dd = build_synthetic_benchmark(tmp_path, **SMALL)
+    assert len(dd["train"]) == 120 and (folder / "params.json").exists()
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_row_is_a_pure_function_of_seed_split_index(bench):
+    row = draw_example("test", 7)
+    stored = bench["test"][7]
+    assert (row["question"], row["answer"], row["family"], row["task"]) == (
+        stored["question"], stored["answer"], stored["family"], stored["task"])
+    assert np.array_equal(np.asarray(row["image"]), np.asarray(stored["image"]))
+
+
+@pytest.fixture(scope="module")
+def many():
+    opts = synthetic.resolve_options()
+    return [synthetic._draw("train", i, 0, 64, synthetic.FAMILIES, 0, opts) for i in range(3000)]
+
+
+def test_all_question_types_appear(many):
+    tasks = Counter((r["family"], r["task"]) for r in many)
+    assert {t for f, t in tasks if f == "reasoning"} == set(REASONING_TASKS)
+    assert {t for f, t in tasks if f == "ocr"} == set(OCR_TASKS)
+    reasoning = sum(n for (f, _), n in tasks.items() if f == "reasoning")
+    assert tasks[("reasoning", "spatial")] / reasoning <= 0.15  # the positional task stays a minority
+
+
+def test_answers_are_balanced(many):
+    for task in ("exist", "compare", "spatial"):
+        answers = Counter(r["answer"] for r in many if r["task"] == task)
+        assert set(answers) == {"yes", "no"}
+        assert abs(answers["yes"] / sum(answers.values()) - 0.5) < 0.1, (task, answers)
+    counts = Counter(r["answer"] for r in many if r["task"] == "count")
+    assert set(counts) == {"1", "2", "3", "4"} and max(counts.values()) / sum(counts.values()) < 0.35
+
+
+def test_ocr_answers_are_strings_of_the_alphabet(many):
+    alphabet = synthetic.DEFAULT_OPTIONS["ocr_alphabet"]
+    for r in many:
+        if r["task"] == "read":
+            assert 3 <= len(r["answer"]) <= 4 and set(r["answer"]) <= set(alphabet)
+
+
+def test_chance_is_low_and_known(bench):
+    chance = chance_accuracy(bench["train"])
+    assert chance["ocr"] < 0.15 and chance["reasoning"] < 0.55
+    assert chance_accuracy(bench["train"], by="family")["ocr"] <= chance["ocr"]
+
+
+def test_every_question_and_answer_tokenises_without_unk(tok, many):
+    wide = synthetic.resolve_options(
+        colors=list(synthetic.PALETTE), shapes=list(synthetic.SHAPES), ocr_alphabet=synthetic.OCR_SYMBOLS
+    )
+    rows = many + [synthetic._draw("train", i, 0, 64, synthetic.FAMILIES, 0, wide) for i in range(300)]
+    texts = sorted({r["question"] for r in rows} | {r["answer"] for r in rows})
+    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+        assert tok.unk_token_id not in ids
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(colours=["red"]), "unknown synthetic task option"),
+        (dict(colors=["red", "mauve"]), "colors="),
+        (dict(reasoning_tasks={"juggling": 1.0}), "reasoning_tasks="),
+        (dict(families=["reasoning", "poetry"]), "families="),
+        (dict(num_train=-1), "num_train="),
+    ],
+)
+def test_bad_generator_options_are_user_errors(tmp_path, options, match):
+    with pytest.raises(UserError, match=match):
+        build_synthetic_benchmark(tmp_path, **{**SMALL, **options})
+
+
+# --- the user's image folder ---------------------------------------------------------------------------------
+def write_folder(root, n=3, splits=("train", "test")):
+    for split in splits:
+        (root / split).mkdir(parents=True)
+        with open(root / split / "metadata.jsonl", "w") as f:
+            for i in range(n):
+                Image.new("RGB", (40, 30), (60 * i, 10, 10)).save(root / split / f"{i}.png")
+                row = {"file_name": f"{i}.png", "question": "what is the text?", "answer": f"A{i}", "family": "ocr"}
+                f.write(json.dumps(row) + "\n")
+
+
+def test_image_folder_loads(tmp_path):
+    write_folder(tmp_path)
+    dd = load_image_folder(tmp_path)
+    assert set(dd) == {"train", "test"}
+    row = dd["test"][2]
+    assert row["answer"] == "A2" and row["family"] == "ocr" and row["image"].size == (40, 30)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_image_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="metadata.jsonl"):
+        load_image_folder(tmp_path / "empty")
+    write_folder(tmp_path / "broken")
+    (tmp_path / "broken" / "train" / "1.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"1\.png"):
+        load_image_folder(tmp_path / "broken")
+
+
+# --- the processor -----------------------------------------------------------------------------------------
+def test_collate_follows_the_batch_contract(processor, tok, bench):
+    rows = [dict(bench["train"][i], index=i) for i in range(6)]
+    batch = processor.collate(rows)
+    assert CONTRACT <= set(batch)
+    B = len(rows)
+    assert batch["pixel_values"].shape == (B, 3, 64, 64) and batch["pixel_values"].dtype == torch.float32
+    assert batch["index"].tolist() == list(range(B)) and batch["index"].dtype == torch.long
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["prompt_ids"].shape == batch["prompt_mask"].shape
+    assert batch["question_ids"].shape == batch["question_mask"].shape
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert ((batch["input_ids"] == image_id).sum(1) == 1).all()
+    assert ((batch["prompt_ids"] == image_id).sum(1) == 1).all()
+    assert not (batch["question_ids"] == image_id).any()
+    assert batch["answers"] == [r["answer"] for r in rows] and batch["families"] == [r["family"] for r in rows]
+
+
+def test_labels_mask_everything_but_answer_and_eos(processor, tok, bench):
+    rows = [bench["train"][i] for i in range(8)]
+    batch = processor.collate(rows)
+    for i, row in enumerate(rows):
+        kept = batch["labels"][i][batch["labels"][i] != -100].tolist()
+        answer = tok(row["answer"], add_special_tokens=False)["input_ids"]
+        assert kept == answer + [tok.eos_token_id]
+        n = int(batch["attention_mask"][i].sum())  # labelled positions are the last real positions
+        assert batch["input_ids"][i, n - len(kept) : n].tolist() == kept
+
+
+def test_padding_sides(processor, tok, bench):
+    rows = [bench["train"][i] for i in range(8)]
+    batch = processor.collate(rows)
+    am, pm = batch["attention_mask"], batch["prompt_mask"]
+    assert (am[:, 0] == 1).all() and (am[:, :-1] >= am[:, 1:]).all()  # right padded: ones then zeros
+    assert (pm[:, -1] == 1).all() and (pm[:, :-1] <= pm[:, 1:]).all()  # left padded: zeros then ones
+    assert (batch["input_ids"][am == 0] == tok.pad_token_id).all()
+    assert (batch["prompt_ids"][pm == 0] == tok.pad_token_id).all()
+    tail = tok.convert_tokens_to_ids(["assistant", ":"])  # every prompt ends with the generation prompt
+    assert all(batch["prompt_ids"][i, -2:].tolist() == tail for i in range(len(rows)))
+    for i in range(len(rows)):  # the prompt is the start of the training sequence
+        prompt = batch["prompt_ids"][i][pm[i].bool()].tolist()
+        assert batch["input_ids"][i, : len(prompt)].tolist() == prompt
+
+
+def test_image_transform_resizes_and_normalises(processor):
+    x = processor.image_to_tensor(Image.new("L", (100, 80), 255))
+    assert x.shape == (3, 64, 64) and torch.allclose(x, torch.ones_like(x))
+    x = processor.image_to_tensor(Image.new("RGB", (64, 64), (0, 0, 0)))
+    assert torch.allclose(x, -torch.ones_like(x))
+
+
+def test_cached_features_replace_pixels(processor, bench):
+    rows = [dict(bench["train"][i], index=i, vision_features=np.full((2, 64, 8), i, np.float32)) for i in range(3)]
+    for r in rows:
+        del r["image"]
+    batch = processor.collate(rows)
+    assert "pixel_values" not in batch and batch["vision_features"].shape == (3, 2, 64, 8)
+
+
+# --- the DataModule ----------------------------------------------------------------------------------------
+def test_datamodule_loaders(processor, tmp_path):
+    dm = VLMDataModule(data_dir=str(tmp_path), batch_size=8, eval_batch_size=16, processor=processor, **SMALL)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 120
+    train = next(iter(dm.train_dataloader()))
+    assert CONTRACT <= set(train) and train["input_ids"].shape[0] == 8
+    assert next(iter(dm.val_dataloader()))["index"].tolist() == list(range(16))  # evaluation keeps the order
+    assert next(iter(dm.test_dataloader()))["index"].tolist() == list(range(16))
+    again = VLMDataModule(data_dir=str(tmp_path), batch_size=8, processor=processor, **SMALL)
+    again.setup("fit")  # shuffling is seeded: the same seed gives the same first batch
+    assert next(iter(again.train_dataloader()))["index"].tolist() == train["index"].tolist()
+    assert sorted(train["index"].tolist()) != list(range(8))
+
+
+def test_datamodule_rejects_unknown_family_and_source():
+    with pytest.raises(UserError, match="reasoning"):
+        VLMDataModule(families=["reasoning", "poetry"])
+    with pytest.raises(UserError, match="synthetic"):
+        VLMDataModule(source="ftp")
+
+
+def test_datamodule_folder_source(processor, tmp_path):
+    write_folder(tmp_path / "mine", n=5)
+    dm = VLMDataModule(source="folder", data_dir=str(tmp_path / "mine"), eval_batch_size=4, processor=processor)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["answers"] == ["A0", "A1", "A2", "A3"] and batch["pixel_values"].shape == (4, 3, 64, 64)
+    with pytest.raises(UserError, match="validation"):
+        dm.val_dataloader()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty"):
+        VLMDataModule(source="folder", data_dir=str(tmp_path / "empty"), processor=processor).setup("fit")
