@@ -30,8 +30,16 @@ Two families (all answers are one word or one character string, so exact match i
   such as O/0, I/1, S/5, B/8, Z/2 and the wide W/M left out) drawn at a fixed pitch of about one patch
   (8-10 px) with font sizes 10-12, at a random position, dark ink on a light background. Task types:
   ``read`` (.4, "what is the text?"), ``first``/``second``/``last`` (.2 each, "what is the first
-  character?"). Chance is about 0.03: a single pooled token can at best keep the bag of characters, not
-  their order, so accuracy should collapse at V = 1 and climb with V.
+  character?"), and ``highlight`` (weight 0 by default, see below). Chance is about 0.03: a single pooled
+  token can at best keep the bag of characters, not their order, so accuracy should collapse at V = 1 and
+  climb with V.
+
+  A second layout, ``ocr_layout="grid"`` (used by the committed grids and the quickstart), centres one
+  character in each 8 x 8 patch cell (``ocr_cell``), in ``ocr_lines`` lines of ``ocr_length`` characters, and
+  the ``highlight`` task draws one of them in red: "what is the red character?". Reading it needs the patch
+  that holds it: a token that pools it with its neighbours mixes the red one with the dark ones, and one
+  token cannot hold 16 characters. Found by measurement (README, "The benchmark"): with free placement and
+  first/last/read questions, tiny from-scratch models did not learn to read within CPU minutes at any V.
 
 Every knob is a keyword option (see ``DEFAULT_OPTIONS``), e.g. ``reasoning_tasks={"spatial": 0.5, ...}`` or
 ``ocr_length=(5, 6)``, so the grid experiment can make either family harder or easier.
@@ -82,7 +90,8 @@ PALETTE = {
 SHAPES = ("circle", "square", "triangle", "diamond")
 OCR_SYMBOLS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 REASONING_TASKS = ("count", "count_color", "color", "shape", "exist", "compare", "spatial")
-OCR_TASKS = ("read", "first", "second", "last")
+OCR_TASKS = ("read", "first", "second", "last", "highlight")
+HIGHLIGHT = "red"  # the ink of the one character the "highlight" task asks about
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "colors": ("red", "green", "blue", "yellow", "purple"),
@@ -101,7 +110,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "ocr_alphabet": "ACDEFHKLNPRTUVXY3467",
     "ocr_length": (3, 4),
     "font_sizes": (10, 11, 12),  # at 64 px; scaled with image_size
+    "ocr_layout": "free",
+    "ocr_lines": 1,  # lines of text (grid layouts only); each line holds ocr_length characters
+    "ocr_cell": 8,  # at 64 px; scaled with image_size; used by ocr_layout="grid"
 }
+OCR_LAYOUTS = ("free", "grid", "grid_left")
 
 # Words of every question template; together with PALETTE, SHAPES and OCR_SYMBOLS this is the closed vocabulary.
 QUESTION_WORDS = (
@@ -137,11 +150,19 @@ def resolve_options(**options: Any) -> dict[str, Any]:
     if len(alphabet) < 2 or not set(alphabet) <= set(OCR_SYMBOLS):
         raise UserError(f"ocr_alphabet={opts['ocr_alphabet']!r}: need >= 2 symbols from {OCR_SYMBOLS}")
     length = tuple(opts["ocr_length"])
-    if len(length) != 2 or not all(isinstance(n, int) for n in length) or not 2 <= length[0] <= length[1] <= 6:
-        raise UserError(f"ocr_length={list(length)}: must be [min, max] integers with 2 <= min <= max <= 6")
+    if len(length) != 2 or not all(isinstance(n, int) for n in length) or not 2 <= length[0] <= length[1] <= 8:
+        raise UserError(f"ocr_length={list(length)}: must be [min, max] integers with 2 <= min <= max <= 8")
     sizes = tuple(opts["font_sizes"])
     if not sizes or not all(isinstance(s, int) and 6 <= s <= 24 for s in sizes):
         raise UserError(f"font_sizes={list(sizes)}: must be integers in 6..24 (pixels at 64 px)")
+    if opts["ocr_layout"] not in OCR_LAYOUTS:
+        raise UserError(f"ocr_layout={opts['ocr_layout']!r}: must be one of {list(OCR_LAYOUTS)}")
+    cell = opts["ocr_cell"]
+    if not isinstance(cell, int) or not 4 <= cell <= 32 or 64 // cell < length[1]:
+        raise UserError(f"ocr_cell={cell!r}: must be an integer in 4..32 px with 64 // ocr_cell >= max ocr_length")
+    lines = opts["ocr_lines"]
+    if not isinstance(lines, int) or not 1 <= lines <= 64 // cell or (lines > 1 and opts["ocr_layout"] == "free"):
+        raise UserError(f"ocr_lines={lines!r}: must be an integer in 1..{64 // cell} (above 1 only with a grid ocr_layout)")
     return {
         "colors": colors,
         "shapes": shapes,
@@ -151,6 +172,9 @@ def resolve_options(**options: Any) -> dict[str, Any]:
         "ocr_alphabet": alphabet,
         "ocr_length": length,
         "font_sizes": sizes,
+        "ocr_layout": opts["ocr_layout"],
+        "ocr_cell": cell,
+        "ocr_lines": lines,
     }
 
 
@@ -192,7 +216,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
 
 
-def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0) -> Image.Image:
+def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0, record: list | None = None) -> Image.Image:
     """Draw ``objects`` (shape, colour) in distinct cells of a 4 x 4 grid.
 
     ``order`` constrains the first two objects' columns: -1 first strictly left of second, +1 right, 0 free.
@@ -213,6 +237,8 @@ def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0) -> Im
         cx = (c % 4 + 0.5) * cell + rng.uniform(-jitter, jitter)
         cy = (c // 4 + 0.5) * cell + rng.uniform(-jitter, jitter)
         _draw_shape(draw, shape, cx, cy, r, PALETTE[color])
+        if record is not None:
+            record.append(("object", (shape, color), cx, cy, False))
     return img
 
 
@@ -221,7 +247,7 @@ def _pick(rng, items, exclude=()):
     return pool[int(rng.integers(len(pool)))]
 
 
-def _reasoning(rng, task: str, opts: dict, size: int) -> tuple[Image.Image, str, str]:
+def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None) -> tuple[Image.Image, str, str]:
     colors, shapes, m = opts["colors"], opts["shapes"], opts["max_shapes"]
 
     def rand_obj(bad_colors=(), bad_shape=None, bad_pair=None):
@@ -290,32 +316,55 @@ def _reasoning(rng, task: str, opts: dict, size: int) -> tuple[Image.Image, str,
     # shuffle drawing order except for the spatial pair, whose positions are tied to the first two slots
     head, tail = (objs[:2], objs[2:]) if order else ([], objs)
     tail = [tail[k] for k in rng.permutation(len(tail))]
-    return _scene(rng, head + tail, size, order), q, a
+    return _scene(rng, head + tail, size, order, record), q, a
 
 
-def _ocr(rng, task: str, opts: dict, size: int) -> tuple[Image.Image, str, str]:
+def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None) -> tuple[Image.Image, str, str]:
     alphabet, (lo, hi) = opts["ocr_alphabet"], opts["ocr_length"]
     n = int(rng.integers(lo, hi + 1))
     text = "".join(alphabet[k] for k in rng.integers(len(alphabet), size=n))
     font_size = max(6, round(int(rng.choice(opts["font_sizes"])) * size / 64))
     font = _font(font_size)
-    pitch = int(np.ceil(0.8 * font_size))  # about one 8 px patch per character at 64 px
     ascent, descent = font.getmetrics()
-    width, height = pitch * n, ascent  # capitals and digits have no descender
-    x0 = rng.uniform(1, max(1, size - width - 1))
-    y0 = rng.uniform(1, max(1, size - height - 1))
+    if opts["ocr_layout"] in ("grid", "grid_left"):
+        # One character centred in each cell of a grid aligned with the patches: a patch sees one whole
+        # character, so what a visual token can read depends only on how many patches it pools.
+        # grid_left starts every line at the left margin (only the row varies), grid anywhere.
+        cell = opts["ocr_cell"] * size / 64
+        cols = int(size // cell)
+        lines = opts["ocr_lines"]
+        if lines > 1:  # more text in reading order: the extra lines are drawn after the first
+            text += "".join(alphabet[k] for k in rng.integers(len(alphabet), size=n * (lines - 1)))
+        rows = sorted(int(r) for r in rng.choice(cols, size=lines, replace=False)) if lines > 1 else None
+        centres = []
+        for line in range(lines):
+            col = int(rng.integers(0, cols - n + 1)) if opts["ocr_layout"] == "grid" else 0
+            row = rows[line] if rows else int(rng.integers(0, cols))
+            centres += [((col + k + 0.5) * cell, (row + 0.5) * cell) for k in range(n)]
+        anchor = "mm"
+    else:
+        pitch = int(np.ceil(0.8 * font_size))  # about one 8 px patch per character at 64 px
+        width, height = pitch * n, ascent  # capitals and digits have no descender
+        x0 = rng.uniform(1, max(1, size - width - 1))
+        y0 = rng.uniform(1, max(1, size - height - 1))
+        centres = [(x0 + (k + 0.5) * pitch, y0 + ascent) for k in range(n)]
+        anchor = "ms"
     img = Image.new("RGB", (size, size), _background(rng))
     draw = ImageDraw.Draw(img)
     ink = tuple(int(v) for v in rng.integers(0, 70, size=3))
-    for k, ch in enumerate(text):
-        draw.text((x0 + (k + 0.5) * pitch, y0 + ascent), ch, font=font, fill=ink, anchor="ms")
+    marked = int(rng.integers(len(text))) if task == "highlight" else -1  # drawn only for this task: others unchanged
+    for k, (ch, xy) in enumerate(zip(text, centres)):
+        draw.text(xy, ch, font=font, fill=PALETTE[HIGHLIGHT] if k == marked else ink, anchor=anchor)
+        if record is not None:  # the glyph's centre: "ms" anchors at the baseline, half a cap height below it
+            record.append(("char", ch, xy[0], xy[1] - (ascent / 2 if anchor == "ms" else 0), k == marked))
     question = {
         "read": "what is the text?",
         "first": "what is the first character?",
         "second": "what is the second character?",
         "last": "what is the last character?",
+        "highlight": f"what is the {HIGHLIGHT} character?",
     }[task]
-    answer = {"read": text, "first": text[0], "second": text[1], "last": text[-1]}[task]
+    answer = {"read": text, "first": text[0], "second": text[1], "last": text[-1], "highlight": text[marked]}[task]
     return img, question, answer
 
 
@@ -339,15 +388,67 @@ def draw_example(
     return _draw(split, index, seed, image_size, _check_families(families), attempt, resolve_options(**options))
 
 
-def _draw(split: str, index: int, seed: int, image_size: int, families: tuple, attempt: int, opts: dict) -> dict:
+def _draw(split: str, index: int, seed: int, image_size: int, families: tuple, attempt: int, opts: dict,
+          record: list | None = None) -> dict:
     rng = _rng(seed, split, index, attempt)
     family = families[index % len(families)]
     weights = opts["reasoning_tasks"] if family == "reasoning" else opts["ocr_tasks"]
     tasks = list(weights)
     task = tasks[int(rng.choice(len(tasks), p=list(weights.values())))]
     draw = _reasoning if family == "reasoning" else _ocr
-    image, question, answer = draw(rng, task, opts, image_size)
+    image, question, answer = draw(rng, task, opts, image_size, record)
     return {"image": image, "question": question, "answer": answer, "family": family, "task": task}
+
+
+def dense_label_sizes(**options: Any) -> dict[str, int]:
+    """Number of classes of each per-patch target of :func:`draw_with_patch_labels` (class 0 is "none")."""
+    opts = resolve_options(**options)
+    return {"object": 1 + len(opts["colors"]) * len(opts["shapes"]), "char": 1 + len(opts["ocr_alphabet"]),
+            "highlight": 2}
+
+
+DENSE_TARGETS = ("object", "char", "highlight")  # plus "row" and "column" of every patch, added by the tower trainer
+
+
+def draw_with_patch_labels(
+    split: str,
+    index: int,
+    *,
+    grid_side: int,
+    seed: int = 0,
+    image_size: int = 64,
+    families: tuple[str, ...] = FAMILIES,
+    **options: Any,
+) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """Row ``index`` of ``split`` (attempt 0) and dense targets on a ``grid_side`` x ``grid_side`` patch grid.
+
+    Stage 0 trains the shared tower on these instead of on the VQA answers: every patch gets a label, so the
+    tower learns in minutes what a from-scratch VLM takes thousands of steps to discover. Targets (int64,
+    raster order, 0 = none):
+
+    * ``object``: at the patch holding an object's centre, 1 + its (colour, shape) class. Pooling these
+      features keeps the histogram of objects, which is what most reasoning questions need.
+    * ``char``: at the patch holding a character's centre, 1 + its index in the alphabet.
+    * ``highlight``: 1 at the patch of the character drawn in the highlight ink (task ``highlight``).
+
+    Training rows are never redrawn (only later splits are, see :func:`generate_rows`), so for ``split="train"``
+    the image is exactly the benchmark's training image.
+    """
+    opts = resolve_options(**options)
+    record: list = []
+    row = _draw(split, index, seed, image_size, _check_families(families), 0, opts, record)
+    labels = {name: np.zeros(grid_side * grid_side, dtype=np.int64) for name in DENSE_TARGETS}
+    patch = image_size / grid_side
+    n_shapes = len(opts["shapes"])
+    for kind, what, x, y, marked in record:
+        r, c = min(int(y // patch), grid_side - 1), min(int(x // patch), grid_side - 1)
+        if kind == "object":
+            shape, color = what
+            labels["object"][r * grid_side + c] = 1 + opts["colors"].index(color) * n_shapes + opts["shapes"].index(shape)
+        else:
+            labels["char"][r * grid_side + c] = 1 + opts["ocr_alphabet"].index(what)
+            labels["highlight"][r * grid_side + c] = int(marked)
+    return row["image"], labels
 
 
 # ----------------------------------------------------------------------------------------------- storage
