@@ -61,11 +61,16 @@ class TowerConfig:
     train_if_missing: bool = True
     """Train the tower when the checkpoint is missing (False: a missing checkpoint is an error)."""
     llm: LLMConfig = field(default_factory=LLMConfig)
-    """The LLM used only while training the tower (its weights are discarded)."""
+    """objective=vqa only: the LLM trained with the tower (its weights are discarded)."""
+    objective: str = "dense"
+    """dense: classify every patch's object and character (labels from the synthetic generator; fast, see
+    lit_vlm/tower.py). vqa: train tower + identity compressor + LLM end to end on the answers (any data)."""
     max_steps: int = 400
-    """Training steps of stage 0 (the tower, an identity compressor and the LLM train together)."""
+    """Training steps of stage 0."""
     lr: float = 2e-3
     """Peak learning rate of stage 0."""
+    batch_size: int = 64
+    """objective=dense only: images per step."""
 
 
 @dataclass
@@ -96,6 +101,11 @@ class GridConfig:
     """Compute the frozen tower's features once and reuse them in every cell."""
     eval_split: str = "test"
     """The split whose metrics go into the table: validation or test."""
+    lr_width: int | None = None
+    """Scale each cell's learning rates (model.optimizer) by lr_width / the LLM's hidden size, so the rates
+    given are those of an LLM of width lr_width (None: the same rates for every size). From-scratch models
+    of different widths want different rates (Adam's stable rate falls roughly as 1/width); one rate for
+    all sizes handicaps one end of the grid."""
     num_threads: int | None = None
     """CPU threads for torch (None: torch's default). Part of the config because results on a CPU can
     depend on it, and because two processes with two threads each on two cores thrash (OpenMP spin-waits)."""
@@ -139,6 +149,20 @@ def validate(cfg: GridConfig) -> None:
         raise UserError("visual_tokens is empty; give at least one V, e.g. visual_tokens: [1, 4, 16, 64]")
     if not cfg.compressors or not cfg.seeds:
         raise UserError("compressors and seeds must each list at least one value")
+    if cfg.vision.weights:
+        raise UserError(f"vision.weights={cfg.vision.weights!r} is not used by the grid: name the tower in tower.checkpoint")
+    if cfg.tower.objective not in ("dense", "vqa"):
+        raise UserError(f"tower.objective={cfg.tower.objective!r} is not allowed; use 'dense' or 'vqa'")
+    if cfg.tower.objective == "dense" and not cfg.vision.pretrained and cfg.data.get("source", "synthetic") != "synthetic":
+        raise UserError(f"tower.objective=dense needs the synthetic data (its patch labels); data.source is "
+                        f"{cfg.data['source']!r}: use tower.objective=vqa or a pretrained vision tower")
+    if cfg.lr_width is not None:
+        if cfg.lr_width < 1:
+            raise UserError(f"lr_width={cfg.lr_width} must be a positive integer (a hidden size) or null")
+        pretrained = [name for name, llm in cfg.llms.items() if llm.pretrained]
+        if pretrained:
+            raise UserError(f"lr_width scales by the hidden size of LLMs built from a config; {pretrained[0]!r} is "
+                            "pretrained: set lr_width: null and give the rate in model.optimizer")
     if cfg.eval_split not in ("validation", "test"):
         raise UserError(f"eval_split={cfg.eval_split!r} is not allowed; use 'validation' or 'test'")
     side = grid_side(cfg.vision)
@@ -212,7 +236,7 @@ def load_or_train_tower(cfg: GridConfig) -> dict[str, torch.Tensor]:
 
         return VisionTower(replace(cfg.vision, frozen=True)).state_dict()
     path = Path(cfg.tower.checkpoint)
-    arch = json.dumps({k: v for k, v in asdict(cfg.vision).items() if k not in ("frozen",)}, sort_keys=True)
+    arch = json.dumps({k: v for k, v in asdict(cfg.vision).items() if k not in ("frozen", "weights")}, sort_keys=True)
     if path.exists():
         try:
             from safetensors import safe_open
@@ -227,17 +251,40 @@ def load_or_train_tower(cfg: GridConfig) -> dict[str, torch.Tensor]:
                 f"tower checkpoint {path} was trained for another vision config; delete it to retrain, or set "
                 f"vision to the one it was saved with: {saved_arch}"
             )
+        from lit_vlm.model.vision import VisionTower
+
+        missing = sorted(set(VisionTower(replace(cfg.vision, frozen=True)).state_dict()) - set(state))
+        if missing:
+            raise UserError(f"tower checkpoint {path} lacks {missing[0]} (saved by an older lit_vlm); delete it to retrain")
         return state
     if not cfg.tower.train_if_missing:
         raise UserError(f"tower checkpoint {path} does not exist and tower.train_if_missing is false")
-    return _train_tower(cfg, path, arch)
+    log.info("stage 0 (%s objective): training the shared vision tower -> %s", cfg.tower.objective, path)
+    start = time.perf_counter()
+    if cfg.tower.objective == "dense":
+        from lit_vlm.tower import train_dense_tower
+
+        trainer_args = {k: v for k, v in cfg.trainer.items() if k in ("accelerator", "devices", "precision", "deterministic")}
+        state, acc = train_dense_tower(
+            cfg.vision, cfg.data, max_steps=cfg.tower.max_steps, lr=cfg.tower.lr, batch_size=cfg.tower.batch_size,
+            seed=cfg.seeds[0], trainer_args=trainer_args,
+        )
+        log.info("stage 0 done in %.1fs; held-out per-patch accuracy: %s", time.perf_counter() - start,
+                 ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+    else:
+        state = _train_tower_vqa(cfg)
+        log.info("stage 0 done in %.1fs", time.perf_counter() - start)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"vision_config": arch})
+    os.replace(tmp, path)
+    return state
 
 
-def _train_tower(cfg: GridConfig, path: Path, arch: str) -> dict[str, torch.Tensor]:
+def _train_tower_vqa(cfg: GridConfig) -> dict[str, torch.Tensor]:
     from lit_vlm.data.datamodule import VLMDataModule
     from lit_vlm.module import LitVLM, OptimizerConfig
 
-    log.info("stage 0: training the shared vision tower -> %s", path)
     L.seed_everything(cfg.seeds[0], verbose=False)
     side = grid_side(cfg.vision)
     module = LitVLM(
@@ -259,12 +306,11 @@ def _train_tower(cfg: GridConfig, path: Path, arch: str) -> dict[str, torch.Tens
         **trainer_args,
     )
     trainer.fit(module, dm)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.vlm.vision_tower.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"vision_config": arch})
-    os.replace(tmp, path)
-    return state
+    tower = module.vlm.vision_tower.eval()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    tower.fit_feature_stats(batch["pixel_values"] for _, batch in zip(range(20), loader))
+    return {k: v.detach().cpu().contiguous() for k, v in tower.state_dict().items()}
 
 
 # --- feature cache -----------------------------------------------------------------------------------------
@@ -305,6 +351,22 @@ def build_feature_cache(cfg: GridConfig, tower_state: dict, datamodule) -> dict[
 
 
 # --- one cell ----------------------------------------------------------------------------------------------
+def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
+    """cfg.model for this cell: the learning rates scaled by lr_width / hidden size when lr_width is set."""
+    args = dict(cfg.model)
+    if cfg.lr_width:
+        from lit_vlm.module import OptimizerConfig
+
+        optim = dict(args.get("optimizer") or {})
+        factor = cfg.lr_width / cfg.llms[cell.llm].hidden_size
+        for key in ("lr", "llm_lr", "vision_lr"):
+            base = optim.get(key, getattr(OptimizerConfig(), key))
+            if base is not None:
+                optim[key] = base * factor
+        args["optimizer"] = optim
+    return args
+
+
 def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, features: dict | None) -> list[dict]:
     from lit_vlm.data.datamodule import VLMDataModule
     from lit_vlm.module import FAMILIES, LitVLM
@@ -317,7 +379,7 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, features: dict | No
         llm=cfg.llms[cell.llm],
         compressor=cell.compressor,
         visual_tokens=cell.visual_tokens,
-        **cfg.model,
+        **cell_model_args(cfg, cell),
     )
     module.vlm.vision_tower.load_state_dict(tower_state)
     dm = VLMDataModule(**cfg.data, processor=module.processor)
@@ -432,7 +494,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="A grid YAML (see configs/grid/).")
     parser.add_class_arguments(GridConfig, None, as_group=False)
     parser.add_argument("--force", action="store_true", help="Re-run cells that are already in the table.")
-    parser.add_argument("--only", type=list[str] | None, default=None, help="Run only these cell ids.")
+    parser.add_argument("--only", nargs="+", type=str, default=None, help="Run only these cell ids (space separated).")
     return parser
 
 

@@ -162,6 +162,45 @@ def test_cli_error_is_one_line(tmp_path):
     assert done.stderr.startswith("error: visual_tokens is empty")
 
 
+def test_only_takes_plain_cell_ids_on_the_command_line(tmp_path):
+    config = write_config(tmp_path)
+    command = [sys.executable, "-m", "lit_vlm", "grid", "--config", str(config), "--only"]
+    done = subprocess.run(command + ["xs-V1-avgpool-s0"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {r["cell"] for r in read_rows(tmp_path / "grid" / "results.csv")} == {"xs-V1-avgpool-s0"}
+    done = subprocess.run(command + ["xs-V3-avgpool-s0"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: --only 'xs-V3-avgpool-s0' is not a cell")
+
+
+def test_tower_checkpoint_without_feature_statistics_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = load(write_config(tmp_path, llms={"xs": TINY["llms"]["xs"]}, visual_tokens=[1]))
+    run_grid(cfg)
+    state = load_file(cfg.tower.checkpoint)
+    from safetensors import safe_open
+
+    with safe_open(cfg.tower.checkpoint, "pt") as f:
+        meta = f.metadata()
+    save_file({k: v for k, v in state.items() if not k.startswith("feature_")}, cfg.tower.checkpoint, metadata=meta)
+    with pytest.raises(UserError, match="lacks feature_mean"):
+        run_grid(cfg, force=True)
+
+
+def test_cpu_smoke_config_runs(tmp_path):
+    """The shipped cpu_smoke grid, shortened: every cell writes both families."""
+    cfg = load(ROOT / "configs" / "grid" / "cpu_smoke.yaml")
+    cfg = replace(
+        cfg,
+        out_dir=str(tmp_path / "grid"),
+        data={**cfg.data, "data_dir": str(tmp_path / "data"), "num_train": 96, "num_val": 16, "num_test": 32},
+        trainer={**cfg.trainer, "max_steps": 3, "enable_progress_bar": False},
+        tower=replace(cfg.tower, checkpoint=str(tmp_path / "grid" / "tower.safetensors"), max_steps=2),
+    )
+    rows = read_rows(run_grid(cfg))
+    assert len(rows) == 2 * 2 * 2
+
+
 COMMITTED = ROOT / "results" / "cpu_mini" / "results.csv"
 
 

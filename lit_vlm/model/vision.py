@@ -51,6 +51,9 @@ class VisionConfig:
     """Width of each layer's feed-forward."""
     feature_layers: list[int] = field(default_factory=lambda: [-1])
     """Indices into the HF hidden_states (0 = embeddings, negative from the end); the last is the main level."""
+    weights: str | None = None
+    """A safetensors file with this tower's weights, e.g. the stage-0 tower a grid saved
+    (results/cpu_mini/tower.safetensors); the sizes above must be the ones it was trained with."""
     frozen: bool = True
     """Keep the encoder frozen (no gradients, eval mode), as in the paper."""
     trust_remote_code: bool = False
@@ -174,10 +177,36 @@ class VisionTower(nn.Module):
         _check_layers(list(config.feature_layers), hf.num_hidden_layers)
         self.feature_layers = list(config.feature_layers)
 
+        # Per-channel standardisation of each feature level, with statistics frozen from training images
+        # (fit_feature_stats; identity until then). Patch features share a large common component (the
+        # background), so a pooled token varies little across images; standardised, what differs between
+        # images is O(1) and the projector learns from it at once (measured: README, "Why standardise").
+        self.register_buffer("feature_mean", torch.zeros(len(self.feature_layers), hf.hidden_size))
+        self.register_buffer("feature_std", torch.ones(len(self.feature_layers), hf.hidden_size))
+
+        if config.weights is not None:
+            self.load_weights(config.weights)
         self.frozen = config.frozen
         if self.frozen:
             self.model.requires_grad_(False)
             self.model.eval()
+
+    def load_weights(self, path: str) -> None:
+        """Load a safetensors state dict saved from a tower of the same architecture (UserError otherwise)."""
+        from safetensors.torch import load_file
+
+        if not os.path.isfile(path):
+            raise UserError(f"vision.weights={path!r} does not exist; expected a safetensors file of tower weights")
+        try:
+            state = load_file(path)
+        except Exception as e:  # noqa: BLE001 - any decode failure means "not a safetensors file"
+            raise UserError(f"vision.weights={path!r} cannot be read as safetensors ({type(e).__name__})") from None
+        ours = self.state_dict()
+        bad = sorted(k for k in set(ours) | set(state) if k not in state or k not in ours or state[k].shape != ours[k].shape)
+        if bad:
+            raise UserError(f"vision.weights={path!r} does not fit this vision config (first mismatch: {bad[0]}); "
+                            "set the sizes it was trained with")
+        self.load_state_dict(state)
 
     # --- sizes -------------------------------------------------------------------------------------------
     @property
@@ -223,7 +252,23 @@ class VisionTower(nn.Module):
                 f"{self.model_type} returned {levels.shape[2]} tokens; expected {self.num_prefix_tokens} prefix + "
                 f"{self._grid_side}x{self._grid_side} patches = {expected}"
             )
-        return levels[:, :, self.num_prefix_tokens :]
+        levels = levels[:, :, self.num_prefix_tokens :]
+        return (levels - self.feature_mean[:, None]) / self.feature_std[:, None]
+
+    @torch.no_grad()
+    def fit_feature_stats(self, pixel_batches) -> None:
+        """Set the per-channel mean and std of every level from an iterable of pixel batches [B, 3, H, W]."""
+        self.feature_mean.zero_()
+        self.feature_std.fill_(1.0)
+        total, sums, squares = 0, 0.0, 0.0
+        for pixels in pixel_batches:
+            feats = self(pixels).double()  # [B, n, P, D]
+            total += feats.shape[0] * feats.shape[2]
+            sums = sums + feats.sum((0, 2))
+            squares = squares + feats.pow(2).sum((0, 2))
+        mean = sums / total
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_((squares / total - mean.pow(2)).clamp_min(1e-12).sqrt())
 
 
 def _as_int(x) -> int:
