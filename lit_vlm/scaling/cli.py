@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m lit_vlm scaling", description="Scaling laws for visual tokens vs LLM size.")
-    sub = parser.add_subparsers(dest="command", metavar="fit")
+    sub = parser.add_subparsers(dest="command", metavar="fit | contrast")
     fit = sub.add_parser("fit", help="fit a law, bootstrap it, validate it, find the optimal frontier",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     fit.add_argument("--results", required=True, help="'paper' (the paper's grid, shipped) or a grid-runner CSV")
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--metric", default="auto", help="auto | accuracy | anls | loss (grid tables; auto = loss "
                                                       "when present, else accuracy)")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    con = sub.add_parser("contrast", help="check the OCR-vs-reasoning contrast on a grid table (prints PASS/FAIL)")
+    con.add_argument("--results", required=True, help="a grid-runner results.csv with both families")
+    con.add_argument("--compressor", default=None, help="which compressor's rows, when the table has several")
+    con.add_argument("--ocr-gain", type=float, default=0.40, help="OCR: largest V minus smallest V, at least")
+    con.add_argument("--reasoning-gap", type=float, default=0.10, help="reasoning: best V minus smallest V, at most")
     return parser
 
 
@@ -65,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "contrast":
+            from lit_vlm.scaling.contrast import contrast_checks, format_checks
+
+            print(format_checks(contrast_checks(args.results, args.compressor, args.ocr_gain, args.reasoning_gap)))
+            return 0
         if args.command != "fit":
-            raise UserError("missing command; allowed: fit (see --help)")
+            raise UserError("missing command; allowed: fit, contrast (see --help)")
         return _fit(args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,100 @@
+"""The paper's OCR-vs-reasoning contrast, checked on a grid table.
+
+    python -m lit_vlm scaling contrast --results results/cpu_mini/results.csv
+
+Three checks, with the thresholds of the grid issue as defaults:
+
+1. OCR needs tokens: for every LLM size, accuracy at the largest V is at least ``ocr_gain`` above V = min.
+2. Reasoning does not: for every LLM size, accuracy at the smallest V is within ``reasoning_gap`` of its
+   best over V.
+3. Reasoning needs parameters: at every V, accuracy increases with N from the smallest to the largest size
+   (strictly, size by size).
+
+Accuracies are means over seeds for one compressor.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from lit_vlm.errors import UserError
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: list[str]
+
+
+def _table(path: str | Path, compressor: str | None) -> dict[str, dict[tuple[int, int], float]]:
+    """family -> {(N, V): mean accuracy over seeds}."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--results {str(path)!r} does not exist; give a results.csv written by the grid runner")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"llm_params", "visual_tokens", "family", "accuracy", "compressor"}
+    if not rows or not need <= set(rows[0]):
+        raise UserError(f"--results {str(path)!r} is not a grid results table (needs columns {sorted(need)})")
+    compressors = sorted({r["compressor"] for r in rows})
+    if compressor is None and len(compressors) > 1:
+        raise UserError(f"{path} holds several compressors {compressors}; choose one with --compressor")
+    compressor = compressor or compressors[0]
+    if compressor not in compressors:
+        raise UserError(f"--compressor {compressor!r} is not in {path}; it holds {compressors}")
+    acc: dict[str, dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["compressor"] == compressor:
+            acc[r["family"]][(int(r["llm_params"]), int(r["visual_tokens"]))].append(float(r["accuracy"]))
+    return {fam: {k: sum(v) / len(v) for k, v in cells.items()} for fam, cells in acc.items()}
+
+
+def contrast_checks(path, compressor=None, ocr_gain: float = 0.40, reasoning_gap: float = 0.10) -> list[Check]:
+    table = _table(path, compressor)
+    missing = [f for f in ("reasoning", "ocr") if f not in table]
+    if missing:
+        raise UserError(f"{path} has no {missing[0]} rows; the contrast needs both families")
+    checks = []
+
+    ocr = table["ocr"]
+    sizes, vs = sorted({n for n, _ in ocr}), sorted({v for _, v in ocr})
+    lines, ok = [], True
+    for n in sizes:
+        lo, hi = ocr.get((n, vs[0])), ocr.get((n, vs[-1]))
+        if lo is None or hi is None:
+            raise UserError(f"{path}: N={n} lacks an OCR cell at V={vs[0] if lo is None else vs[-1]}")
+        ok &= hi - lo >= ocr_gain
+        lines.append(f"N={n:,}: V={vs[-1]} {hi:.3f} - V={vs[0]} {lo:.3f} = {hi - lo:+.3f}")
+    checks.append(Check(f"OCR: accuracy at V={vs[-1]} >= V={vs[0]} + {ocr_gain:.2f} for every size", ok, lines))
+
+    rea = table["reasoning"]
+    sizes, vs = sorted({n for n, _ in rea}), sorted({v for _, v in rea})
+    lines, ok = [], True
+    for n in sizes:
+        row = {v: rea[(n, v)] for v in vs if (n, v) in rea}
+        best_v = max(row, key=row.get)
+        gap = row[best_v] - row[vs[0]]
+        ok &= gap <= reasoning_gap
+        lines.append(f"N={n:,}: V={vs[0]} {row[vs[0]]:.3f}, best V={best_v} {row[best_v]:.3f}, gap {gap:.3f}")
+    checks.append(Check(f"reasoning: V={vs[0]} within {reasoning_gap:.2f} of the best V for every size", ok, lines))
+
+    lines, ok = [], True
+    for v in vs:
+        seq = [rea[(n, v)] for n in sizes if (n, v) in rea]
+        up = all(b > a for a, b in zip(seq, seq[1:]))
+        ok &= up
+        lines.append(f"V={v}: " + " < ".join(f"{a:.3f}" for a in seq) + ("" if up else "  (not increasing)"))
+    checks.append(Check(f"reasoning: at every V, accuracy increases with N ({' < '.join(f'{n:,}' for n in sizes)})", ok, lines))
+    return checks
+
+
+def format_checks(checks: list[Check]) -> str:
+    out = []
+    for c in checks:
+        out.append(f"[{'PASS' if c.passed else 'FAIL'}] {c.name}")
+        out += [f"    {line}" for line in c.detail]
+    return "\n".join(out)
