@@ -136,7 +136,8 @@ def many():
 def test_all_question_types_appear(many):
     tasks = Counter((r["family"], r["task"]) for r in many)
     assert {t for f, t in tasks if f == "reasoning"} == set(REASONING_TASKS)
-    assert {t for f, t in tasks if f == "ocr"} == set(OCR_TASKS)
+    # highlight has weight 0 by default (the grid configs turn it on); every other OCR task appears
+    assert {t for f, t in tasks if f == "ocr"} == set(OCR_TASKS) - {"highlight"}
     reasoning = sum(n for (f, _), n in tasks.items() if f == "reasoning")
     assert tasks[("reasoning", "spatial")] / reasoning <= 0.15  # the positional task stays a minority
 
@@ -312,3 +313,19 @@ def test_datamodule_folder_source(processor, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="empty"):
         VLMDataModule(source="folder", data_dir=str(tmp_path / "empty"), processor=processor).setup("fit")
+
+
+def test_a_split_of_size_zero_is_left_out_and_reloads(tmp_path):
+    for _ in range(2):  # generate, then load the cached copy
+        dd = synthetic.build_synthetic_benchmark(tmp_path, num_train=8, num_val=0, num_test=4)
+        assert list(dd) == ["train", "test"] and len(dd["train"]) == 8
+
+
+def test_highlight_task_asks_for_the_red_character():
+    opts = dict(ocr_layout="grid", ocr_length=[8, 8], ocr_lines=2, ocr_tasks={"highlight": 1})
+    for index in (1, 3, 5):
+        row = synthetic.draw_example("train", index, **opts)
+        assert row["question"] == "what is the red character?" and len(row["answer"]) == 1
+        pixels = np.asarray(row["image"]).reshape(-1, 3).astype(int)
+        red = (pixels[:, 0] > 150) & (pixels[:, 1] < 90) & (pixels[:, 2] < 90)
+        assert red.sum() > 5  # the one character drawn in the highlight ink

@@ -39,7 +39,7 @@ class Rows(Dataset):
         row = dict(self.data[index])
         row["index"] = index
         if self.features is not None:
-            row["vision_features"] = np.asarray(self.features[index])
+            row["vision_features"] = np.array(self.features[index])  # a copy: the memmap is read-only
         return row
 
 

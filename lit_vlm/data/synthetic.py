@@ -519,7 +519,7 @@ def benchmark_params(
     """Validated generation parameters: what the cache fingerprint is computed from."""
     for name, n in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
         if not isinstance(n, int) or n < 0:
-            raise UserError(f"{name}={n!r}: must be an integer >= 0")
+            raise UserError(f"{name}={n!r}: must be an integer >= 0 (a split of size 0 is left out)")
     if not isinstance(image_size, int) or not 32 <= image_size <= 1024:
         raise UserError(f"image_size={image_size!r}: must be an integer in 32..1024")
     opts = resolve_options(**options)
@@ -572,9 +572,9 @@ def build_synthetic_benchmark(
     families = tuple(params["families"])
     columns = generate_rows(params["sizes"], seed=seed, image_size=image_size, families=families, opts=opts)
     features = _features()
+    # A split of size 0 is left out: Arrow cannot load an empty table back (and an empty split has no use).
     dd = datasets.DatasetDict(
-        {split: datasets.Dataset.from_dict(cols or {k: [] for k in features}, features=features)
-         for split, cols in columns.items()}
+        {split: datasets.Dataset.from_dict(cols, features=features) for split, cols in columns.items() if cols}
     )
     tmp = root / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     try:
