@@ -122,3 +122,25 @@ def test_unreadable_image_in_data_dir(capsys, tmp_path):
         ["fit", "--config", DEBUG, "--data.source", "folder", "--data.data_dir", str(folder)], capsys
     )
     assert_one_line_error(code, err, "a.png")
+
+
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def test_quickstart_runs_with_the_committed_tower(tmp_path):
+    """The README's main job, shortened: the committed stage-0 tower loads and a few steps train."""
+    args = ["fit", "--config", QUICKSTART, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+            "--data.data_dir", str(tmp_path / "data"), "--data.num_train", "64", "--data.num_val", "16",
+            "--data.num_test", "16", "--data.eval_batch_size", "16"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)  # the config names the tower relative to the repository root, as README runs it
+        patch.setattr("sys.argv", ["lit_vlm", *args])
+        assert main(args) == 0
+    assert list(tmp_path.rglob("last.ckpt"))
+
+
+def test_bad_tower_weights(capsys, tmp_path):
+    code, _, err = run_cli(["fit", "--config", QUICKSTART, "--model.vision.weights", str(tmp_path / "nope.safetensors")],
+                           capsys)
+    assert_one_line_error(code, err, "nope.safetensors", "does not exist")

@@ -1,0 +1,109 @@
+"""Train one grid cell with overrides and print its per-task test accuracy: the tool behind README's
+"How the benchmark was made learnable".
+
+    python bench/ablate_cell.py --config configs/grid/cpu_mini.yaml --llm llm-130k --visual-tokens 16 \
+        [--max-steps 1500] [--lr 0.003] [--raw-features] [--data '{"task_options": {...}}']
+
+The stage-0 tower and the feature cache of the config's out_dir are reused (trained and built when missing);
+--raw-features resets the tower's per-channel standardisation to the identity for this run only.
+A different --data changes the benchmark, so it needs its own tower: give --out-dir as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import fields, replace
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_vlm.grid import Cell, GridConfig, build_feature_cache, build_parser, load_or_train_tower  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/grid/cpu_mini.yaml")
+    ap.add_argument("--llm", required=True, help="an LLM name of the config")
+    ap.add_argument("--visual-tokens", type=int, required=True)
+    ap.add_argument("--compressor", default="avgpool")
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="model.optimizer.lr")
+    ap.add_argument("--raw-features", action="store_true", help="no per-channel standardisation of the features")
+    ap.add_argument("--data", default="{}", help="JSON merged into the config's data section")
+    ap.add_argument("--out-dir", default=None, help="another out_dir (its own tower and cache)")
+    ap.add_argument("--seed", type=int, default=None, help="the cell's seed (default: the config's first)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    parser = build_parser()
+    init = parser.instantiate(parser.parse_args(["--config", args.config]))
+    cfg = GridConfig(**{f.name: init[f.name] for f in fields(GridConfig)})
+    data = {**cfg.data, **json.loads(args.data)}
+    model = dict(cfg.model)
+    if args.lr is not None:
+        model["optimizer"] = {**(model.get("optimizer") or {}), "lr": args.lr}
+    out = args.out_dir or cfg.out_dir
+    cfg = replace(cfg, data=data, model=model, out_dir=out,
+                  trainer={**cfg.trainer, "enable_progress_bar": False,
+                           **({"max_steps": args.max_steps} if args.max_steps else {})},
+                  tower=replace(cfg.tower, checkpoint=str(Path(out) / Path(cfg.tower.checkpoint).name)))
+
+    from lit_vlm.data.datamodule import VLMDataModule
+    from lit_vlm.data.processor import VLMProcessor
+    from lit_vlm.data.tokenizer import load_tokenizer
+    from lit_vlm.module import LitVLM
+
+    tower = load_or_train_tower(cfg)
+    if args.raw_features:
+        tower = {**tower, "feature_mean": torch.zeros_like(tower["feature_mean"]),
+                 "feature_std": torch.ones_like(tower["feature_std"])}
+    tok = load_tokenizer(cfg.model.get("tokenizer", "synthetic"))
+    dm = VLMDataModule(**cfg.data, processor=VLMProcessor(tok, image_size=cfg.vision.image_size))
+    dm.prepare_data()
+    dm.setup("fit")
+    features = build_feature_cache(cfg, tower, dm)
+
+    cell = Cell(args.llm, args.visual_tokens, args.compressor, cfg.seeds[0] if args.seed is None else args.seed)
+    L.seed_everything(cell.seed, verbose=False)
+    module = LitVLM(vision=replace(cfg.vision, frozen=True), llm=cfg.llms[cell.llm], compressor=cell.compressor,
+                    visual_tokens=cell.visual_tokens, **cfg.model)
+    module.vlm.vision_tower.load_state_dict(tower)
+    dm = VLMDataModule(**cfg.data, processor=module.processor)
+    dm.feature_cache = features
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        **cfg.trainer)
+    start = time.perf_counter()
+    trainer.fit(module, dm)
+    seconds = time.perf_counter() - start
+
+    module.eval()
+    ds = dm.datasets["test"]
+    hits, totals, i = Counter(), Counter(), 0
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            for answer in module.generate_answers(batch):
+                row = ds[i]
+                i += 1
+                key = (row["family"], row["task"])
+                totals[key] += 1
+                hits[key] += answer.strip() == row["answer"]
+    family = Counter()
+    for (fam, _), n in totals.items():
+        family[fam] += n
+    print(f"# python {' '.join(sys.argv)}")
+    print(f"{cell.id}: {trainer.global_step} steps in {seconds:.0f} s")
+    for fam in sorted(family):
+        acc = sum(h for (f, _), h in hits.items() if f == fam) / family[fam]
+        tasks = ", ".join(f"{t} {hits[(f, t)] / n:.2f}" for (f, t), n in sorted(totals.items()) if f == fam)
+        print(f"  {fam}: {acc:.3f}   ({tasks})")
+
+
+if __name__ == "__main__":
+    main()
