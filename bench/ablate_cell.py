@@ -29,7 +29,8 @@ from lit_vlm.grid import Cell, GridConfig, build_feature_cache, build_parser, lo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/grid/cpu_mini.yaml")
-    ap.add_argument("--llm", required=True, help="an LLM name of the config")
+    ap.add_argument("--llm", required=True, help="an LLM name of the config, or a new name with --llm-config")
+    ap.add_argument("--llm-config", default=None, help='JSON LLMConfig for --llm, e.g. \'{"hidden_size": 48}\'')
     ap.add_argument("--visual-tokens", type=int, required=True)
     ap.add_argument("--compressor", default="avgpool")
     ap.add_argument("--max-steps", type=int, default=None)
@@ -49,6 +50,10 @@ def main() -> None:
     model = dict(cfg.model)
     if args.lr is not None:
         model["optimizer"] = {**(model.get("optimizer") or {}), "lr": args.lr}
+    if args.llm_config:
+        from lit_vlm.model.vlm import LLMConfig
+
+        cfg.llms[args.llm] = LLMConfig(**json.loads(args.llm_config))
     out = args.out_dir or cfg.out_dir
     cfg = replace(cfg, data=data, model=model, out_dir=out,
                   trainer={**cfg.trainer, "enable_progress_bar": False,

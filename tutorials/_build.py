@@ -111,8 +111,8 @@ TASKS = '''
     committed_options = yaml.safe_load(GRID_YAML.read_text())["data"].get("task_options") if GRID_YAML.is_file() else None
     TASK_OPTIONS = committed_options or {
         "colors": ["red", "green", "blue"], "shapes": ["circle", "square"], "max_shapes": 3,
-        "ocr_alphabet": "ACEHKNPTX4", "ocr_length": [2, 3], "font_sizes": [16, 18, 20],
-        "ocr_tasks": {"read": 0.3, "first": 0.35, "last": 0.35},
+        "ocr_alphabet": "ACEHKNPTX4", "ocr_length": [8, 8], "ocr_lines": 2, "font_sizes": [9, 10],
+        "ocr_layout": "grid", "ocr_tasks": {"highlight": 1.0},
         "reasoning_tasks": {"count": 0.2, "count_color": 0.2, "color": 0.15, "shape": 0.1, "exist": 0.15,
                             "compare": 0.1, "spatial": 0.1}}
 '''
@@ -546,7 +546,7 @@ NOTEBOOKS["03_train_a_mini_grid"] = header(
         SIZES = {"s": LLMConfig(hidden_size=64, num_layers=2, num_heads=4),
                  "m": LLMConfig(hidden_size=128, num_layers=2, num_heads=4),
                  "l": LLMConfig(hidden_size=256, num_layers=4, num_heads=8)}
-        VS, STEPS, TOWER_STEPS, NUM_TRAIN = [1, 4, 16, 64], 2000, 2000, 8000
+        VS, STEPS, TOWER_STEPS, NUM_TRAIN = [1, 4, 16, 64], 2000, 1500, 8000
     GRID_DIR = WORK / ("grid03" if SMOKE else "grid03_full")
     '''),
     md("""
@@ -563,23 +563,26 @@ NOTEBOOKS["03_train_a_mini_grid"] = header(
         visual_tokens=VS,
         compressors=["avgpool"],
         vision=VisionConfig(**VISION),
-        model={"optimizer": {"lr": 3e-3}, "max_new_tokens": 6},
+        model={"optimizer": {"lr": 1e-3}, "max_new_tokens": 2},
         data={"data_dir": str(WORK / "data"), "task_options": TASK_OPTIONS, "num_train": NUM_TRAIN, "num_val": 16,
               "num_test": 64 if SMOKE else 400,
               "batch_size": 16 if SMOKE else 32, "eval_batch_size": 64 if SMOKE else 100},
         trainer={"accelerator": ACCELERATOR, "max_steps": STEPS, "enable_progress_bar": not SMOKE,
                  "enable_model_summary": False},
-        tower=TowerConfig(checkpoint=str(GRID_DIR / "tower.safetensors"), max_steps=TOWER_STEPS,
-                          llm=LLMConfig(hidden_size=64, num_layers=2, num_heads=4)),
+        tower=TowerConfig(checkpoint=str(GRID_DIR / "tower.safetensors"), objective="dense", max_steps=TOWER_STEPS),
     )
     print(len(cells_of(cfg)), "cells:", ", ".join(c.id for c in cells_of(cfg)))
     '''),
     md("""
     ## 2. Stage 0: the shared vision tower
 
-    `load_or_train_tower` trains the tower end to end once (with an `identity` compressor, all 64 patches,
-    and a throw-away LLM), saves it as safetensors, and on every later call just loads it - after checking that
-    the saved tower was trained for the same vision config.
+    `load_or_train_tower` trains the tower once, saves it as safetensors, and on every later call just loads
+    it - after checking that the saved tower was trained for the same vision config. With `objective="dense"`
+    (the default) it learns to label every patch: which object has its centre there, which character sits
+    there, whether that character is the highlighted one, and the patch's row and column. The generator knows
+    all of these, so this takes about a minute, where training the tower through a from-scratch LLM on the
+    answers (`objective="vqa"`) leaves the whole model at the answer prior for thousands of steps. Then the
+    tower's features are standardised per channel (statistics of the training images, saved with it).
     """),
     code('''
     import time
@@ -1040,14 +1043,13 @@ NOTEBOOKS["06_query_based_compression"] = header(
         compressors=COMPRESSORS,
         seeds=SEEDS,
         vision=VisionConfig(**VISION, feature_layers=[0, -1]),
-        model={"optimizer": {"lr": 3e-3}, "max_new_tokens": 6},
+        model={"optimizer": {"lr": 1e-3}, "max_new_tokens": 2},
         data={"data_dir": str(WORK / "data"), "task_options": TASK_OPTIONS, "num_train": NUM_TRAIN, "num_val": 16,
               "num_test": 64 if SMOKE else 400,
               "batch_size": 16 if SMOKE else 32, "eval_batch_size": 64 if SMOKE else 100},
         trainer={"accelerator": ACCELERATOR, "max_steps": STEPS, "enable_progress_bar": not SMOKE,
                  "enable_model_summary": False},
-        tower=TowerConfig(checkpoint=str(GRID_DIR / "tower.safetensors"), max_steps=TOWER_STEPS,
-                          llm=LLMConfig(**LLM)),
+        tower=TowerConfig(checkpoint=str(GRID_DIR / "tower.safetensors"), objective="dense", max_steps=TOWER_STEPS),
     )
     results = pd.read_csv(run_grid(cfg))
     display(results[["cell", "family", "accuracy", "visual_tokens", "compressor", "train_steps", "train_time_s"]])

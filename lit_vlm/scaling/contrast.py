@@ -7,8 +7,8 @@ Three checks, with the thresholds of the grid issue as defaults:
 1. OCR needs tokens: for every LLM size, accuracy at the largest V is at least ``ocr_gain`` above V = min.
 2. Reasoning does not: for every LLM size, accuracy at the smallest V is within ``reasoning_gap`` of its
    best over V.
-3. Reasoning needs parameters: at every V, accuracy increases with N from the smallest to the largest size
-   (strictly, size by size).
+3. Reasoning needs parameters: at every V, accuracy increases with N from the smallest to the largest size,
+   checked two ways: the largest size beats the smallest, and (stricter) every size beats the one below.
 
 Accuracies are means over seeds for one compressor.
 """
@@ -82,13 +82,16 @@ def contrast_checks(path, compressor=None, ocr_gain: float = 0.40, reasoning_gap
         lines.append(f"N={n:,}: V={vs[0]} {row[vs[0]]:.3f}, best V={best_v} {row[best_v]:.3f}, gap {gap:.3f}")
     checks.append(Check(f"reasoning: V={vs[0]} within {reasoning_gap:.2f} of the best V for every size", ok, lines))
 
-    lines, ok = [], True
+    lines, ends, steps = [], True, True
     for v in vs:
         seq = [rea[(n, v)] for n in sizes if (n, v) in rea]
         up = all(b > a for a, b in zip(seq, seq[1:]))
-        ok &= up
-        lines.append(f"V={v}: " + " < ".join(f"{a:.3f}" for a in seq) + ("" if up else "  (not increasing)"))
-    checks.append(Check(f"reasoning: at every V, accuracy increases with N ({' < '.join(f'{n:,}' for n in sizes)})", ok, lines))
+        ends &= seq[-1] > seq[0]
+        steps &= up
+        lines.append(f"V={v}: " + " -> ".join(f"{a:.3f}" for a in seq) + ("" if up else "  (not increasing at every step)"))
+    order = " < ".join(f"{n:,}" for n in sizes)
+    checks.append(Check(f"reasoning: at every V, the largest N beats the smallest ({order})", ends, lines))
+    checks.append(Check("reasoning: at every V, accuracy increases with N size by size", steps, []))
     return checks
 
 
