@@ -187,6 +187,17 @@ def test_tower_checkpoint_without_feature_statistics_is_refused(tmp_path):
         run_grid(cfg, force=True)
 
 
+def test_vqa_stage0_also_standardises_the_features(tmp_path):
+    from safetensors.torch import load_file
+
+    tower = {**TINY["tower"], "objective": "vqa"}
+    cfg = load(write_config(tmp_path, llms={"xs": TINY["llms"]["xs"]}, visual_tokens=[1], tower=tower))
+    assert cfg.tower.objective == "vqa"
+    run_grid(cfg)
+    state = load_file(cfg.tower.checkpoint)
+    assert (state["feature_std"] != 1).all() and (state["feature_mean"] != 0).all()
+
+
 def test_cpu_smoke_config_runs(tmp_path):
     """The shipped cpu_smoke grid, shortened: every cell writes both families."""
     cfg = load(ROOT / "configs" / "grid" / "cpu_smoke.yaml")
