@@ -17,6 +17,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_vlm.errors import UserError
 
+# Config dataclasses document each field in a docstring under it (litgpt style): show those in --help.
+import jsonargparse  # noqa: E402
+
+jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
 
 def fail(message: str) -> None:
     """A user's mistake: one line on stderr, exit status 2, no traceback."""

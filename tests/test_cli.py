@@ -44,6 +44,11 @@ def test_help_shows_field_docs(capsys):
     code, out, _ = run_cli(["fit", "--help"], capsys)
     assert code == 0
     assert "visual_tokens" in out
+    from lit_vlm.grid import build_parser
+
+    grid_help = " ".join(build_parser().format_help().split())
+    assert "Scale each cell's learning rates" in grid_help  # a dataclass field's docstring (GridConfig.lr_width)
+    assert "classify every patch's object and character" in grid_help  # TowerConfig.objective
 
 
 DEBUG = str(ROOT / "configs" / "debug.yaml")
