@@ -48,3 +48,18 @@ def test_laws_compared_on_aic_and_held_out_error():
         assert {"aic", "aicc", "sse", "leave_one_size_out_mae", "largest_size_mae"} <= set(row)
     assert cmp["preferred_by_aic"] == "multiplicative"  # the true law, with fewer parameters
     assert cmp["preferred_by_leave_one_size_out"] in cmp["laws"]
+
+
+def test_intervals_and_relative_errors_with_infinite_or_zero_values():
+    import warnings
+
+    from lit_vlm.scaling.bootstrap import Bootstrap
+    from lit_vlm.scaling.validate import _errors
+
+    samples = np.r_[np.full(90, np.inf), np.linspace(10, 20, 10)]  # alpha/beta when most resamples fit beta = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value" RuntimeWarning from interpolating inf
+        lo, hi = Bootstrap("case", 100, 0, {"alpha_over_beta": samples}).ci95("alpha_over_beta")
+    assert np.isfinite(lo) and hi == np.inf
+    mae, rel, worst = _errors(np.array([0.1, 0.3]), np.array([0.0, 0.2]))  # an error-free cell (accuracy 1)
+    assert mae == pytest.approx(0.1) and rel == pytest.approx(0.5) and worst == pytest.approx(0.1)

@@ -36,7 +36,10 @@ class Bootstrap:
     notes: list[str] = field(default_factory=list)
 
     def ci95(self, name) -> list[float]:
-        lo, hi = np.percentile(self.samples[name], [2.5, 97.5])
+        x = np.asarray(self.samples[name], dtype=float)
+        # inf (alpha/beta when a resample fits beta = 0) cannot be interpolated: take the nearest sample then
+        method = "linear" if np.isfinite(x).all() else "nearest"
+        lo, hi = np.percentile(x, [2.5, 97.5], method=method)
         return [float(lo), float(hi)]
 
     def to_dict(self) -> dict:

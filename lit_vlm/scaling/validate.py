@@ -98,7 +98,9 @@ def _fold(results, law, test_mask, label, baseline_axis) -> HeldOut:
 
 def _errors(pred, obs):
     diff = np.abs(pred - obs)
-    return float(diff.mean()), float((diff / obs).mean()), float(diff.max())
+    nonzero = obs > 0  # a cell with error 0 (accuracy 1) has no relative error
+    rel = float((diff[nonzero] / obs[nonzero]).mean()) if nonzero.any() else float("nan")
+    return float(diff.mean()), rel, float(diff.max())
 
 
 def _group_mean(train, test, axis):
