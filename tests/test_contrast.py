@@ -60,7 +60,7 @@ def test_bad_tables(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         contrast_checks(tmp_path / "nope.csv")
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(UserError, match="not a grid results table"):
+    with pytest.raises(UserError, match="lacks column"):
         contrast_checks(tmp_path / "x.csv")
     only = write(tmp_path / "r.csv", paper_like)
     rows = [r for r in csv.DictReader(only.open()) if r["family"] == "reasoning"]
@@ -68,5 +68,5 @@ def test_bad_tables(tmp_path):
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    with pytest.raises(UserError, match="no ocr rows"):
+    with pytest.raises(UserError, match="has no rows for family 'ocr'"):
         contrast_checks(only)
