@@ -18,12 +18,12 @@ import math
 from dataclasses import replace
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_vlm.data import synthetic
+from lit_vlm.data.processor import image_to_tensor
 from lit_vlm.model.vision import VisionConfig, VisionTower
 
 log = logging.getLogger("lit_vlm.grid")
@@ -75,8 +75,6 @@ class DenseTowerModule(L.LightningModule):
 def labelled_images(split: str, n: int, *, tower: VisionTower, data: dict) -> TensorDataset:
     """``n`` synthetic images of ``split`` as normalised pixels, with their per-patch label maps."""
     opts = data.get("task_options") or {}
-    mean = torch.tensor(tower.image_mean).view(3, 1, 1)
-    std = torch.tensor(tower.image_std).view(3, 1, 1)
     pixels = torch.empty(n, 3, tower.image_size, tower.image_size)
     labels = {k: torch.empty(n, tower.num_patches, dtype=torch.long) for k in TARGETS}
     # Where each patch is: real encoders keep this in their features, and a pooled token that knows its
@@ -88,8 +86,7 @@ def labelled_images(split: str, n: int, *, tower: VisionTower, data: dict) -> Te
             split, i, grid_side=tower.grid_side, seed=data.get("seed", 0), image_size=tower.image_size,
             families=tuple(data.get("families", synthetic.FAMILIES)), **opts,
         )
-        arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        pixels[i] = (arr - mean) / std
+        pixels[i] = image_to_tensor(image, tower.image_size, tower.image_mean, tower.image_std)
         for k in TARGETS:
             labels[k][i] = torch.from_numpy(maps[k]) if k in maps else where[k]
     return TensorDataset(pixels, *(labels[k] for k in TARGETS))

@@ -31,6 +31,19 @@ def _pad(seqs: Sequence[list[int]], value: int, left: bool = False) -> torch.Ten
     return out
 
 
+def image_to_tensor(image, image_size: int, mean, std) -> torch.Tensor:
+    """PIL (or array) -> float tensor [3, H, W]: RGB, resized to image_size (bicubic), (x / 255 - mean) / std."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    image = image.convert("RGB")
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return torch.from_numpy((pixels - mean) / std)
+
+
 class VLMProcessor:
     """Tokenizer + image transform + collate, shared by the model (token ids) and the data (batches)."""
 
@@ -57,13 +70,7 @@ class VLMProcessor:
 
     def image_to_tensor(self, image) -> torch.Tensor:
         """PIL (or array) -> normalised float tensor [3, H, W] at the tower's resolution (no torchvision)."""
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        image = image.convert("RGB")
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        return torch.from_numpy((pixels - self.mean) / self.std)
+        return image_to_tensor(image, self.image_size, self.mean, self.std)
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         # add_special_tokens=False: the chat template already placed bos where the model expects it.
