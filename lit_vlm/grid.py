@@ -106,6 +106,9 @@ class GridConfig:
     given are those of an LLM of width lr_width (None: the same rates for every size). From-scratch models
     of different widths want different rates (Adam's stable rate falls roughly as 1/width); one rate for
     all sizes handicaps one end of the grid."""
+    lr_width_raise: bool = True
+    """With lr_width: whether LLMs narrower than lr_width get proportionally higher rates (True), or keep the
+    given ones (False: only wider LLMs are scaled down; narrow from-scratch models can diverge at raised rates)."""
     num_threads: int | None = None
     """CPU threads for torch (None: torch's default). Part of the config because results on a CPU can
     depend on it, and because two processes with two threads each on two cores thrash (OpenMP spin-waits)."""
@@ -352,13 +355,16 @@ def build_feature_cache(cfg: GridConfig, tower_state: dict, datamodule) -> dict[
 
 # --- one cell ----------------------------------------------------------------------------------------------
 def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
-    """cfg.model for this cell: the learning rates scaled by lr_width / hidden size when lr_width is set."""
+    """cfg.model for this cell: the learning rates scaled by lr_width / hidden size when lr_width is set (never
+    above the given rates with lr_width_raise off)."""
     args = dict(cfg.model)
     if cfg.lr_width:
         from lit_vlm.module import OptimizerConfig
 
         optim = dict(args.get("optimizer") or {})
         factor = cfg.lr_width / cfg.llms[cell.llm].hidden_size
+        if not cfg.lr_width_raise:
+            factor = min(factor, 1.0)
         for key in ("lr", "llm_lr", "vision_lr"):
             base = optim.get(key, getattr(OptimizerConfig(), key))
             if base is not None:

@@ -114,6 +114,13 @@ def test_lr_width_scales_every_rate_by_width():
     assert cell_model_args(_grid(), Cell("a", 1, "avgpool", 0))["optimizer"]["lr"] == 0.004
 
 
+def test_lr_width_without_raise_only_scales_wider_llms_down():
+    cfg = _grid(lr_width=64, lr_width_raise=False)
+    small, large = (cell_model_args(cfg, Cell(n, 1, "avgpool", 0))["optimizer"] for n in ("a", "b"))
+    assert small == {"lr": 0.004, "llm_lr": 0.002}
+    assert large == {"lr": 0.002, "llm_lr": 0.001}
+
+
 @pytest.mark.parametrize(
     "kw, needle",
     [
