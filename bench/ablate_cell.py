@@ -23,7 +23,8 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_vlm.grid import Cell, GridConfig, build_feature_cache, build_parser, load_or_train_tower  # noqa: E402
+from lit_vlm.grid import (  # noqa: E402
+    Cell, GridConfig, build_feature_cache, build_parser, cell_model_args, load_or_train_tower)
 
 
 def main() -> None:
@@ -34,7 +35,8 @@ def main() -> None:
     ap.add_argument("--visual-tokens", type=int, required=True)
     ap.add_argument("--compressor", default="avgpool")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=None, help="model.optimizer.lr")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="model.optimizer.lr of this cell as given (default: the grid's, scaled by its lr_width)")
     ap.add_argument("--raw-features", action="store_true", help="no per-channel standardisation of the features")
     ap.add_argument("--data", default="{}", help="JSON merged into the config's data section")
     ap.add_argument("--out-dir", default=None, help="another out_dir (its own tower and cache)")
@@ -47,15 +49,12 @@ def main() -> None:
     init = parser.instantiate(parser.parse_args(["--config", args.config]))
     cfg = GridConfig(**{f.name: init[f.name] for f in fields(GridConfig)})
     data = {**cfg.data, **json.loads(args.data)}
-    model = dict(cfg.model)
-    if args.lr is not None:
-        model["optimizer"] = {**(model.get("optimizer") or {}), "lr": args.lr}
     if args.llm_config:
         from lit_vlm.model.vlm import LLMConfig
 
         cfg.llms[args.llm] = LLMConfig(**json.loads(args.llm_config))
     out = args.out_dir or cfg.out_dir
-    cfg = replace(cfg, data=data, model=model, out_dir=out,
+    cfg = replace(cfg, data=data, out_dir=out,
                   trainer={**cfg.trainer, "enable_progress_bar": False,
                            **({"max_steps": args.max_steps} if args.max_steps else {})},
                   tower=replace(cfg.tower, checkpoint=str(Path(out) / Path(cfg.tower.checkpoint).name)))
@@ -76,9 +75,12 @@ def main() -> None:
     features = build_feature_cache(cfg, tower, dm)
 
     cell = Cell(args.llm, args.visual_tokens, args.compressor, cfg.seeds[0] if args.seed is None else args.seed)
+    model = cell_model_args(cfg, cell)  # the grid's rates for this size (lr_width)
+    if args.lr is not None:
+        model["optimizer"] = {**(model.get("optimizer") or {}), "lr": args.lr}
     L.seed_everything(cell.seed, verbose=False)
     module = LitVLM(vision=replace(cfg.vision, frozen=True), llm=cfg.llms[cell.llm], compressor=cell.compressor,
-                    visual_tokens=cell.visual_tokens, **cfg.model)
+                    visual_tokens=cell.visual_tokens, **model)
     module.vlm.vision_tower.load_state_dict(tower)
     dm = VLMDataModule(**cfg.data, processor=module.processor)
     dm.feature_cache = features
