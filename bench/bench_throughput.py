@@ -1,6 +1,6 @@
 """Training throughput of one grid cell: samples/s and achieved FLOP/s against this machine's matmul peak.
 
-    python bench/bench_throughput.py [--config configs/grid/cpu_mini.yaml] [--llm llm-1.2m] [--visual-tokens 64]
+    python bench/bench_throughput.py [--config configs/grid/cpu_mini.yaml] [--llm llm-520k] [--visual-tokens 64]
 
 The cell trains on cached vision features (as in the grid), so the step is compressor + projector + LLM.
 Training FLOPs per step are counted with Lightning's ``measure_flops`` (torch's FLOP counter, forward and
