@@ -90,17 +90,12 @@ def main() -> None:
     trainer.fit(module, dm)
     seconds = time.perf_counter() - start
 
-    module.eval()
-    ds = dm.datasets["test"]
-    hits, totals, i = Counter(), Counter(), 0
-    with torch.no_grad():
-        for batch in dm.test_dataloader():
-            for answer in module.generate_answers(batch):
-                row = ds[i]
-                i += 1
-                key = (row["family"], row["task"])
-                totals[key] += 1
-                hits[key] += answer.strip() == row["answer"]
+    # predict_step runs the test split and returns each answer with its family and task
+    hits, totals = Counter(), Counter()
+    for row in (r for batch in trainer.predict(module, dm) for r in batch):
+        key = (row["family"], row["task"])
+        totals[key] += 1
+        hits[key] += row["prediction"].strip() == row["answer"]
     family = Counter()
     for (fam, _), n in totals.items():
         family[fam] += n
