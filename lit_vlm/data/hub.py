@@ -44,6 +44,23 @@ from lit_vlm.metrics import metric_for as _metric_by_name
 
 log = logging.getLogger("lit_vlm.hub")
 
+# The oldest datasets release this module works with (pyproject's floor must say the same; tests check both) and
+# the top-level names of datasets it uses, all present in 4.0.0. datasets.List first exists in 4.0.0: on 3.x the
+# FEATURES below would fail with an AttributeError, so an older install is refused here with the command to run.
+DATASETS_MIN = "4.0.0"
+DATASETS_API = ("Dataset", "DatasetDict", "Features", "Image", "IterableDataset", "List", "Value",
+                "concatenate_datasets", "config", "load_dataset", "load_from_disk")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = [int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+if _version_tuple(datasets.__version__) < _version_tuple(DATASETS_MIN):
+    raise UserError(f"datasets {datasets.__version__} is installed; the hub loader needs datasets>={DATASETS_MIN} "
+                    f"(it uses datasets.List): pip install -U 'datasets>={DATASETS_MIN}'")
+
 FAMILIES = ("reasoning", "ocr")
 METRICS = ("vqa", "anls", "multiple_choice", "exact")
 SPLITS = ("train", "validation", "test")
@@ -83,6 +100,9 @@ class HubDatasetSpec:
     """Licence of the annotations and images, as recorded by us: check the data set card before use."""
     config: str | None = None
     """Config (subset) name of the source, if it has several."""
+    old_paths: tuple[str, ...] = ()
+    """Former hub ids, tried in order (one warning line) when ``path`` cannot be loaded: a cache filled under an
+    old id is keyed by that id, so it still works offline after the repository moved."""
     question_column: str = "question"
     image_column: str = "image"
     answer_column: str | None = None
@@ -159,35 +179,44 @@ _AI2D_COLUMNS = ("question", "options", "answer", "image")
 _SCIENCEQA_COLUMNS = ("image", "question", "choices", "answer", "hint", "task", "grade", "subject", "topic",
                       "category", "skill", "lecture", "solution")
 
+# lmms-eval moved these from lmms-lab/ to lmms-lab-encoder/ (its PR #1416, July 2026); the hub redirects the old
+# ids for now, and a cache filled under an old id is found through old_paths.
+_MOVED = "lmms-lab-encoder/"
+
+
+def _moved(spec: HubDatasetSpec) -> HubDatasetSpec:
+    return replace(spec, old_paths=(spec.path.replace(_MOVED, "lmms-lab/"),)) if spec.path.startswith(_MOVED) else spec
+
+
 _COCO_LICENCE = "annotations CC BY 4.0 (COCO); images under the Flickr terms of use of their owners"
 
 REGISTRY: dict[str, HubDatasetSpec] = {
-    spec.name: spec
+    spec.name: _moved(spec)
     for spec in [
         # --- stage 1 (align): captions ---------------------------------------------------------------------
-        _vqa("coco_caption", "lmms-lab/COCO-Caption2017", "val", "reasoning", _COCO_LICENCE, _COCO_CAP_COLUMNS,
+        _vqa("coco_caption", _MOVED + "COCO-Caption2017", "val", "reasoning", _COCO_LICENCE, _COCO_CAP_COLUMNS,
              metric="exact", answers_column="answer", id_column="id",
              description="COCO 2017 val captions (5,000 images x 5 captions); the question column holds a "
                          "caption prompt. Stage-1 alignment data (exact match is not a caption metric)."),
-        _vqa("coco_caption2014", "lmms-lab/COCO-Caption", "val", "reasoning", _COCO_LICENCE, _COCO_CAP_COLUMNS,
+        _vqa("coco_caption2014", _MOVED + "COCO-Caption", "val", "reasoning", _COCO_LICENCE, _COCO_CAP_COLUMNS,
              metric="exact", answers_column="answer", id_column="id",
              description="COCO 2014 val captions (40,504 images x 5 captions), same schema: the larger stage-1 set."),
         # --- stage 2 (instruct): short-answer VQA ----------------------------------------------------------
-        _vqa("vqav2", "lmms-lab/VQAv2", "validation", "reasoning",
+        _vqa("vqav2", _MOVED + "VQAv2", "validation", "reasoning",
              "annotations CC BY 4.0 (VQA v2); images COCO (Flickr terms of use)", _VQAV2_COLUMNS,
              answer_column="multiple_choice_answer", answers_column="answers", answers_field="answer",
              id_column="image_id", prompt_suffix=SHORT_ANSWER,
              description="VQA v2 validation (214k questions, 10 answers each): the kit trains on it (the "
                          "hub copy has no train split) and evaluates on GQA / TextVQA / DocVQA / AI2D instead."),
         # --- evaluation: reasoning -------------------------------------------------------------------------
-        _vqa("gqa", "lmms-lab/GQA", "testdev", "reasoning",
+        _vqa("gqa", _MOVED + "GQA", "testdev", "reasoning",
              "CC BY 4.0 (GQA questions; Visual Genome images CC BY 4.0)", _GQA_COLUMNS,
              config="testdev_balanced_instructions", images_config="testdev_balanced_images",
              images_split="testdev", join_column="imageId", images_id_column="id", answer_column="answer",
              id_column="imageId", prompt_suffix=SHORT_ANSWER,
              description="GQA test-dev balanced (12,578 questions on 398 images; images in a second config "
                          "joined on imageId). One answer: VQA accuracy = normalised exact match."),
-        _vqa("ai2d", "lmms-lab/ai2d", "test", "reasoning",
+        _vqa("ai2d", _MOVED + "ai2d", "test", "reasoning",
              "CC BY-SA 4.0 (AI2 Diagrams; verify on the card)", _AI2D_COLUMNS, metric="multiple_choice",
              answer_column="answer", choices_column="options", prompt_suffix=CHOICE_ANSWER,
              description="AI2D test (3,088 science diagrams, 4 options, answer = the option's index as a string)."),
@@ -197,12 +226,12 @@ REGISTRY: dict[str, HubDatasetSpec] = {
              description="ScienceQA-IMG: the test questions that have an image (2,017 of 4,241); answer = int "
                          "index. Train (12,726 rows) and validation splits exist too."),
         # --- evaluation (and OCR training): text in images -------------------------------------------------
-        _vqa("textvqa", "lmms-lab/textvqa", "validation", "ocr",
+        _vqa("textvqa", _MOVED + "textvqa", "validation", "ocr",
              "CC BY 4.0 (TextVQA); images Open Images (CC BY 2.0 per image)", _TEXTVQA_COLUMNS,
              answers_column="answers", id_column="image_id", prompt_suffix=SHORT_ANSWER,
              description="TextVQA (train 34,602 / validation 5,000 questions, 10 answers each; the test split "
                          "has no answers). VQA accuracy over the 10 answers."),
-        _vqa("docvqa", "lmms-lab/DocVQA", "validation", "ocr",
+        _vqa("docvqa", _MOVED + "DocVQA", "validation", "ocr",
              "DocVQA (RRC): research use per the challenge terms; UCSF Industry Documents Library pages",
              _DOCVQA_COLUMNS, metric="anls", config="DocVQA", answers_column="answers", id_column="docId",
              prompt_suffix=SHORT_ANSWER,
@@ -236,7 +265,8 @@ def get_spec(name_or_spec: str | dict | HubDatasetSpec) -> tuple[HubDatasetSpec,
         if unknown:
             raise UserError(f"dataset spec key {unknown[0]!r} is not understood; allowed: {', '.join(sorted(known))}")
         try:
-            spec = HubDatasetSpec(**{k: tuple(v) if k == "source_columns" else v for k, v in name_or_spec.items()})
+            spec = HubDatasetSpec(**{k: tuple(v) if k in ("source_columns", "old_paths") else v
+                                     for k, v in name_or_spec.items()})
         except TypeError as e:
             raise UserError(f"dataset spec {name_or_spec!r} is incomplete: {e}") from None
     elif isinstance(name_or_spec, str):
@@ -301,14 +331,38 @@ def _load_source(spec: HubDatasetSpec, split: str, streaming: bool, data_files, 
                     raise UserError(f"dataset {spec.name!r}: data_files has no split {split!r}; it has {', '.join(files)}")
                 return datasets.load_dataset(_builder_for(files[split]), data_files={split: files[split]}, split=split,
                                              streaming=streaming, cache_dir=cache_dir)
-            return datasets.load_dataset(spec.path, config, split=split, streaming=streaming, cache_dir=cache_dir)
+            return _load_hub_id(spec, config, split, streaming, cache_dir)
     except UserError:
         raise
-    except (OSError, ValueError, ConnectionError, KeyError) as e:  # DatasetNotFoundError is a FileNotFoundError
-        reason = next((s.strip() for s in str(e).splitlines() if s.strip()), type(e).__name__)[:240]
+    except _LOAD_ERRORS as e:
         where = f"data_files {data_files!r}" if data_files is not None else f"{spec.path!r} (config {config}, split {split})"
         hint = " [offline: HF_HUB_OFFLINE is set and it is not in the local cache]" if offline_requested() else ""
-        raise UserError(f"dataset {spec.name!r} cannot be loaded from {where}: {reason}{hint}") from None
+        also = f"; its former id {', '.join(spec.old_paths)} failed too" if data_files is None and spec.old_paths else ""
+        raise UserError(f"dataset {spec.name!r} cannot be loaded from {where}: {_reason(e)}{also}{hint}") from None
+
+
+_LOAD_ERRORS = (OSError, ValueError, ConnectionError, KeyError)  # DatasetNotFoundError is a FileNotFoundError
+
+
+def _reason(e: BaseException) -> str:
+    return next((s.strip() for s in str(e).splitlines() if s.strip()), type(e).__name__)[:240]
+
+
+def _load_hub_id(spec: HubDatasetSpec, config, split, streaming, cache_dir):
+    """The current id; when it fails (offline and not cached, not found), each former id in turn, with one warning
+    line naming both. The current id's error is the one raised when every id fails."""
+    try:
+        return datasets.load_dataset(spec.path, config, split=split, streaming=streaming, cache_dir=cache_dir)
+    except _LOAD_ERRORS as first:
+        for old in spec.old_paths:
+            try:
+                ds = datasets.load_dataset(old, config, split=split, streaming=streaming, cache_dir=cache_dir)
+            except _LOAD_ERRORS:
+                continue
+            log.warning("dataset %s: %s cannot be loaded (%s); using its former id %s, which loaded (local cache or "
+                        "the hub's redirect)", spec.name, spec.path, _reason(first), old)
+            return ds
+        raise first
 
 
 def _columns(ds) -> list[str] | None:
