@@ -87,9 +87,10 @@ VQA10 = ["stop", "stop sign", "stop", "STOP", "stop", "red", "stop", "stop", "no
 ROWS = {
     "coco_caption": [
         {"question": "Please carefully observe the image and come up with a caption for the image",
-         "answer": ["A red square.", "A square", "Red", "A box", "Colour"], "id": 139},
+         "answer": ["A red square.", "A square", "Red", "A box", "Colour"], "id": 0,
+         "question_id": "COCO_val2014_000000000139.jpg"},  # "id" is a row index; the COCO id is in the file name
         {"question": "Please carefully observe the image and come up with a caption for the image",
-         "answer": ["Green.", "b", "c", "d", "e"], "id": 285},
+         "answer": ["Green.", "b", "c", "d", "e"], "id": 1, "question_id": "000000000285.jpg"},  # 2017 naming
     ],
     "vqav2": [
         {"question": "What color is the sign?", "multiple_choice_answer": "red", "image_id": 42,
@@ -192,6 +193,8 @@ def test_every_registry_entry_loads_from_its_schema(name, tmp_path, cache):
         assert "\nA. egg\nB. larva\nC. pupa\nD. adult\n" in first["question"]
     if name == "gqa":  # the join on imageId picked the right picture
         assert first["image"].getpixel((0, 0)) == (255, 0, 0) and ds[1]["image"].getpixel((0, 0)) == (0, 255, 0)
+    if name.startswith("coco_caption"):  # the real COCO ids, from both file-name styles
+        assert ds["image_id"] == [139, 285]
     if name == "textvqa":
         assert first["image_id"] == ds.with_format(None)[0]["image_id"]  # hashed string id, stable
         assert first["image_id"] == hub._int_id("0054c91397f2fe05", 0)
@@ -269,11 +272,13 @@ def test_hub_mix_builds_three_splits(tmp_path, cache):
 
 def test_cached_mix_is_built_once(tmp_path, cache, monkeypatch):
     files, _ = fixture_files("ai2d", tmp_path)
-    cfg = {"train": ["ai2d"], "val": [], "test": ["ai2d"], "data_files": {"ai2d": files}, "cache_dir": cache}
+    cfg = {"train": ["ai2d"], "val": [], "test": ["ai2d"], "max_examples": {"train": 1}, "data_files": {"ai2d": files},
+           "cache_dir": cache}
     first = hub.load_hub_mix_cached(str(tmp_path / "data"), cfg)
     monkeypatch.setattr(hub, "load_hub_mix", lambda *a, **k: pytest.fail("rebuilt"))
     again = hub.load_hub_mix_cached(str(tmp_path / "data"), cfg)
-    assert again["test"]["answer"] == first["test"]["answer"] == ["C", "A"]
+    assert again["test"]["answer"] == first["test"]["answer"] == ["A"]  # one source: disjoint train / test parts
+    assert again["train"]["answer"] == ["C"]
     assert hub.hub_fingerprint(cfg) != hub.hub_fingerprint({**cfg, "seed": 1})
     with pytest.raises(UserError, match="data.hub has unknown key 'tain'"):
         hub.load_hub_mix_cached(str(tmp_path / "data"), {"tain": ["ai2d"]})

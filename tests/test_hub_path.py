@@ -19,6 +19,14 @@ from test_hub import SCHEMAS, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(autouse=True)
+def no_stream_shutdown_sleep(monkeypatch):
+    """datasets 5 sleeps 5 s after a parquet stream stops early (an arrow thread-shutdown workaround): per load,
+    harmless on real data, but it would make these fixture loads minutes long."""
+    if hasattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN"):
+        monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+
 # Top-level names of datasets 4.0.0 that a loader could use, read from its installed package
 # (pip install datasets==4.0.0; python -c "import datasets; print(dir(datasets))"), restricted to the API area.
 DATASETS_4_0_0 = {
@@ -126,3 +134,131 @@ def test_online_not_found_falls_back_in_order(tmp_path, monkeypatch, caplog):
         ds = hub.load_hub_split("ai2d")
     assert tried == ["lmms-lab-encoder/ai2d", "lmms-lab/ai2d"] and ds["answer"] == ["B"]
     assert sum(r.name == "lit_vlm.hub" for r in caplog.records) == 1
+
+
+# --- 3. every hub config's split plan holds out its validation and test rows ---------------------------------
+HUB_CONFIGS = sorted((ROOT / "configs" / "hub").glob("*.yaml")) + [
+    ROOT / "configs" / "grid" / "colab_t4.yaml", ROOT / "configs" / "grid" / "one_gpu_80gb.yaml"]
+COCO_IDS = list(range(101, 141))  # 40 COCO 2014 val images; 2017 val is a subset of them, as on the hub
+
+
+def coco_rows(ids, style):
+    name = "COCO_val2014_{:012d}.jpg" if style == 2014 else "{:012d}.jpg"
+    return [{"question": "Describe.", "answer": [f"caption of {i}"] * 5, "id": n, "question_id": name.format(i)}
+            for n, i in enumerate(ids)]
+
+
+def qa(n_images, per_image, make):
+    return [make(i, q) for i in range(n_images) for q in range(per_image)]
+
+
+# source split -> fixture rows; several questions per image where the real set has them
+PLAN_SOURCES = {
+    "coco_caption2014": ("coco_caption2014", lambda: coco_rows(COCO_IDS, 2014)),
+    "coco_caption": ("coco_caption", lambda: coco_rows(COCO_IDS[:8], 2017)),
+    "vqav2": ("vqav2", lambda: qa(6, 2, lambda i, q: {
+        "question": f"v{i}-{q}?", "multiple_choice_answer": "yes", "image_id": COCO_IDS[i],
+        "answers": [{"answer": "yes", "answer_confidence": "yes", "answer_id": 1}] * 10})),
+    "textvqa:train": ("textvqa", lambda: qa(6, 2, lambda i, q: {
+        "question": f"t{i}-{q}?", "answers": ["a"] * 10, "image_id": f"{i:016x}"})),
+    "textvqa": ("textvqa", lambda: qa(8, 2, lambda i, q: {
+        "question": f"tv{i}-{q}?", "answers": ["a"] * 10, "image_id": f"{i + 100:016x}"})),
+    "gqa": ("gqa", lambda: qa(4, 2, lambda i, q: {"id": f"{i}{q}", "imageId": f"n{i}", "question": f"g{i}-{q}?",
+                                                  "answer": "yes"})),
+    "ai2d": ("ai2d", lambda: [{"question": f"d{i}?", "options": ["a", "b"], "answer": "0"} for i in range(6)]),
+    "scienceqa": ("scienceqa", lambda: [{"question": f"s{i}?", "choices": ["a", "b"], "answer": 1, "hint": ""}
+                                        for i in range(6)]),
+    "docvqa": ("docvqa", lambda: qa(4, 2, lambda i, q: {"questionId": f"{i}{q}", "question": f"p{i}-{q}?",
+                                                        "answers": ["x"], "docId": 500 + i})),
+}
+SMALL = {"train": 4, "validation": 2, "test": 3}
+
+
+def plan_of(config: Path) -> dict:
+    cfg = yaml.safe_load(config.read_text())["data"]["hub"]
+    me = cfg.get("max_examples")
+    small = {k: min(v, SMALL.get(k, 2)) for k, v in me.items()} if isinstance(me, dict) else 3
+    return {**cfg, "max_examples": small}
+
+
+def fixture_files_for(plan: dict, tmp_path: Path) -> dict:
+    files = {}
+    for entry in {*plan.get("train", []), *plan.get("val", []), *plan.get("test", [])}:
+        schema, rows = PLAN_SOURCES[entry]
+        files[entry] = write_parquet(tmp_path / f"{entry.replace(':', '_')}.parquet", SCHEMAS[schema], rows())
+        if entry == "gqa":
+            files["gqa/images"] = write_parquet(tmp_path / "gqa_images.parquet", datasets.Features(
+                {"id": datasets.Value("string"), "image": datasets.Image()}), [{"id": f"n{i}"} for i in range(4)])
+    return files
+
+
+def held_out_keys(ds) -> set:
+    """Row identity, computed here and not by the loader: (image collection, image id), or the question
+    text for data sets without image ids."""
+    keys = set()
+    for task, image_id, question in zip(ds["task"], ds["image_id"], ds["question"]):
+        spec = hub.REGISTRY[task]
+        keys.add((spec.image_source or task, image_id) if spec.id_column else (task, question))
+    return keys
+
+
+@pytest.mark.parametrize("config", HUB_CONFIGS, ids=lambda p: p.stem)
+def test_config_split_plan_holds_out_val_and_test(config, tmp_path, caplog):
+    plan = plan_of(config)
+    data_files = fixture_files_for(plan, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lit_vlm.hub"):
+        dd = hub.load_hub_mix(**{**plan, "data_files": data_files, "cache_dir": str(tmp_path / "c")})
+    keys = {s: held_out_keys(dd[s]) for s in hub.SPLITS}
+    for split, entries in zip(hub.SPLITS, (plan["train"], plan["val"], plan["test"])):
+        assert bool(entries) == (len(dd[split]) > 0), split  # every configured split got rows
+    assert not keys["train"] & keys["validation"], sorted(keys["train"] & keys["validation"])[:3]
+    assert not keys["train"] & keys["test"], sorted(keys["train"] & keys["test"])[:3]
+    assert not keys["validation"] & keys["test"], sorted(keys["validation"] & keys["test"])[:3]
+    assert not any("share" in r.getMessage() for r in caplog.records)
+
+
+def test_an_overlapping_plan_is_caught(tmp_path, caplog):
+    """The old stage-1 plan (train COCO 2014 val, validate on COCO 2017 val) shares every validation image."""
+    plan = {"train": ["coco_caption2014"], "val": ["coco_caption"], "test": [],
+            "max_examples": {"train": 40, "validation": 4}}
+    with caplog.at_level(logging.WARNING, logger="lit_vlm.hub"):
+        dd = hub.load_hub_mix(**plan, data_files=fixture_files_for(plan, tmp_path), cache_dir=str(tmp_path / "c"))
+    assert held_out_keys(dd["validation"]) <= held_out_keys(dd["train"]) and len(dd["validation"]) == 4
+    assert any("train and validation share 4 images" in r.getMessage() for r in caplog.records)
+
+
+def test_one_source_in_two_splits_is_dealt_by_image(tmp_path):
+    """TextVQA validation as val and as test: consecutive parts, and no image in both (2 questions per image)."""
+    plan = {"train": [], "val": ["textvqa"], "test": ["textvqa"], "max_examples": {"validation": 3, "test": 4}}
+    files = fixture_files_for(plan, tmp_path)
+    dd = hub.load_hub_mix(**plan, data_files=files, seed=0, cache_dir=str(tmp_path / "c"))
+    assert (len(dd["validation"]), len(dd["test"])) == (3, 4)
+    assert not set(dd["validation"]["image_id"]) & set(dd["test"]["image_id"])
+    with pytest.raises(UserError, match="give every part but the last a max_examples"):
+        hub.load_hub_mix(**{**plan, "max_examples": {"test": 4}}, data_files=files, cache_dir=str(tmp_path / "c"))
+
+
+# --- 4. real COCO ids; a seeded stream reads about the rows it keeps -----------------------------------------
+def test_coco_image_id_is_the_file_names_not_the_row_index(tmp_path):
+    rows = coco_rows([391895, 397133], 2014) + [{**coco_rows([397133], 2017)[0], "id": 2}]
+    files = write_parquet(tmp_path / "coco.parquet", SCHEMAS["coco_caption2014"], rows)
+    ds = hub.load_hub_split("coco_caption2014", data_files=files, cache_dir=str(tmp_path / "c"))
+    assert ds["image_id"] == [391895, 397133, 397133]  # 2014 and 2017 file names agree; "id" (0, 1, 2) is unused
+
+
+def test_shuffle_buffer_is_sized_from_the_rows_asked_for():
+    assert [hub.shuffle_buffer_for(n) for n in (1, 4, 300, 2500, 40_000, 10**6, None)] == [
+        1, 1, 75, 625, 10_000, 10_000, 10_000]
+
+
+def test_seeded_stream_reads_about_the_rows_it_keeps(tmp_path):
+    rows = [{"question": f"q{i}?", "answers": [f"a{i}"] * 10, "image_id": f"{i:016x}"} for i in range(400)]
+    files = write_parquet(tmp_path / "t.parquet", SCHEMAS["textvqa"], rows)
+    ds, stats = hub.load_hub_split("textvqa", data_files=files, max_examples=40, streaming=True, seed=0,
+                                   cache_dir=str(tmp_path / "c"), return_stats=True)
+    assert len(ds) == 40 and len(set(ds["answer"])) == 40
+    assert ds["answer"] != [f"a{i}" for i in range(40)]  # shuffled, not the first rows in order
+    assert 40 + 10 <= stats.read <= 40 + 10 + 2, stats.read  # the 10-row buffer, then one row per row kept
+    _, whole = hub.load_hub_split("textvqa", data_files=files, max_examples=40, streaming=True, seed=0,
+                                  shuffle_buffer=1000, cache_dir=str(tmp_path / "c"), return_stats=True)
+    assert whole.read == 400  # a buffer larger than the split reads all of it first (the old 10,000 default)

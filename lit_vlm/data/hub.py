@@ -117,6 +117,11 @@ class HubDatasetSpec:
     """Optional context put before the question as "Context: ..." when not empty (ScienceQA's hint)."""
     id_column: str | None = None
     """Image id column (int, or a string hashed to a stable int); None: the row's index."""
+    id_pattern: str | None = None
+    """Regex whose first group is the id inside id_column's text (COCO: the number in the file name)."""
+    image_source: str | None = None
+    """The image collection the ids index ("coco" for COCO captions and VQAv2): images are compared across data
+    sets by (image_source, id) to find rows shared by train / validation / test. None: the data set's name."""
     prompt_suffix: str = ""
     """Appended to every question (LLaVA's answer-style instructions)."""
     filters: dict[str, Any] = field(default_factory=dict)
@@ -188,6 +193,10 @@ def _moved(spec: HubDatasetSpec) -> HubDatasetSpec:
     return replace(spec, old_paths=(spec.path.replace(_MOVED, "lmms-lab/"),)) if spec.path.startswith(_MOVED) else spec
 
 
+# COCO-Caption's "id" column is a row index; the COCO image id is the number in the file name held by
+# "question_id" (COCO_val2014_000000391895.jpg, 000000397133.jpg), as lmms-eval's coco_cap task parses it.
+_COCO_FILE_ID = r"(\d+)\.\w+$"
+
 _COCO_LICENCE = "annotations CC BY 4.0 (COCO); images under the Flickr terms of use of their owners"
 
 REGISTRY: dict[str, HubDatasetSpec] = {
@@ -195,17 +204,19 @@ REGISTRY: dict[str, HubDatasetSpec] = {
     for spec in [
         # --- stage 1 (align): captions ---------------------------------------------------------------------
         _vqa("coco_caption", _MOVED + "COCO-Caption2017", "val", "reasoning", _COCO_LICENCE, _COCO_CAP_COLUMNS,
-             metric="exact", answers_column="answer", id_column="id",
+             metric="exact", answers_column="answer", id_column="question_id", id_pattern=_COCO_FILE_ID,
+             image_source="coco",
              description="COCO 2017 val captions (5,000 images x 5 captions); the question column holds a "
                          "caption prompt. Stage-1 alignment data (exact match is not a caption metric)."),
         _vqa("coco_caption2014", _MOVED + "COCO-Caption", "val", "reasoning", _COCO_LICENCE, _COCO_CAP_COLUMNS,
-             metric="exact", answers_column="answer", id_column="id",
+             metric="exact", answers_column="answer", id_column="question_id", id_pattern=_COCO_FILE_ID,
+             image_source="coco",
              description="COCO 2014 val captions (40,504 images x 5 captions), same schema: the larger stage-1 set."),
         # --- stage 2 (instruct): short-answer VQA ----------------------------------------------------------
         _vqa("vqav2", _MOVED + "VQAv2", "validation", "reasoning",
              "annotations CC BY 4.0 (VQA v2); images COCO (Flickr terms of use)", _VQAV2_COLUMNS,
              answer_column="multiple_choice_answer", answers_column="answers", answers_field="answer",
-             id_column="image_id", prompt_suffix=SHORT_ANSWER,
+             id_column="image_id", image_source="coco", prompt_suffix=SHORT_ANSWER,
              description="VQA v2 validation (214k questions, 10 answers each): the kit trains on it (the "
                          "hub copy has no train split) and evaluates on GQA / TextVQA / DocVQA / AI2D instead."),
         # --- evaluation: reasoning -------------------------------------------------------------------------
@@ -251,6 +262,10 @@ class HubLoadStats:
     no_image: int = 0
     no_answer: int = 0
     filtered: int = 0
+    other_slice: int = 0
+    """Rows dropped because their image already belongs to another, full part of the same source split."""
+    read: int = 0
+    """Source rows read (streaming: pulled from the stream, including those that filled the shuffle buffer)."""
 
 
 # --- resolving names ---------------------------------------------------------------------------------------------
@@ -441,6 +456,15 @@ def _int_id(value, index: int) -> int:
     return int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)  # stable, fits int64
 
 
+def image_id_of(spec: HubDatasetSpec, row: dict, index: int) -> int:
+    """The row's image id: id_column (through id_pattern when set), else the row index."""
+    value = row.get(spec.id_column) if spec.id_column else None
+    if value is not None and spec.id_pattern:
+        match = re.search(spec.id_pattern, str(value))
+        value = match.group(1) if match else value  # no match: the whole text, hashed to a stable int
+    return _int_id(value, index)
+
+
 def _answer_list(spec: HubDatasetSpec, row: dict) -> list[str]:
     if spec.answers_column is None:
         return []
@@ -509,6 +533,13 @@ def _images_lookup(spec, split, streaming, images_data_files, cache_dir):
     return lambda key: (_image_bytes(images[index[str(key)]][spec.image_column]) if str(key) in index else None)
 
 
+def shuffle_buffer_for(rows: int | None) -> int:
+    """Streaming shuffle buffer for a request of ``rows`` usable rows: a quarter of them (at least 1, at most
+    10,000; 10,000 when all rows are asked for). A seeded stream fills the buffer before its first row, so it
+    reads about rows + buffer source rows (plus skipped ones): ~375 for a 300-row test, not the whole split."""
+    return 10_000 if rows is None else max(1, min(10_000, -(-rows // 4)))
+
+
 def load_hub_split(
     name_or_spec: str | dict | HubDatasetSpec,
     split: str | None = None,
@@ -520,6 +551,7 @@ def load_hub_split(
     seed: int | None = None,
     on_bad_image: str | None = None,
     cache_dir: str | None = None,
+    shuffle_buffer: int | None = None,
     return_stats: bool = False,
 ):
     """One split of a hub data set as a ``datasets.Dataset`` in the kit's schema (see the module docstring).
@@ -532,18 +564,34 @@ def load_hub_split(
         data_files: local files in the source's exact schema (a path, a list, or {split: files}); the hub
             is not contacted. The file type comes from the extension (.parquet, .json(l), .csv, .arrow).
         images_data_files: for specs with ``images_config`` (GQA): local files of the images config.
-        seed: shuffle the source before taking rows (streaming: a 10,000-row shuffle buffer).
+        seed: shuffle the source before taking rows (streaming: a buffer of :func:`shuffle_buffer_for` rows).
         on_bad_image: override the spec's "skip" | "error" for images that cannot be decoded.
         cache_dir: the datasets cache folder (default: HF_DATASETS_CACHE).
+        shuffle_buffer: the streaming shuffle buffer in rows (default: sized from ``max_examples``).
         return_stats: also return a :class:`HubLoadStats`.
     """
     spec, named_split = get_spec(name_or_spec)
+    split = split or named_split or spec.split
+    parts, stats, _ = _load_slices(spec, split, [max_examples], streaming, data_files, images_data_files, seed,
+                                   on_bad_image, cache_dir, shuffle_buffer)
+    return (parts[0], stats) if return_stats else parts[0]
+
+
+def _load_slices(spec, split, quotas, streaming, data_files, images_data_files, seed, on_bad_image, cache_dir,
+                 shuffle_buffer):
+    """One read of a source split, dealt into consecutive slices of ``quotas`` usable rows (None: all the rest)
+    that share no image: a row whose image already went to a full slice is dropped (``other_slice``).
+    Returns (datasets, stats, image keys per slice)."""
     if on_bad_image is not None:
         spec = replace(spec, on_bad_image=on_bad_image)
         spec.validate()
-    split = split or named_split or spec.split
-    if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 0):
-        raise UserError(f"max_examples={max_examples!r} must be a non-negative integer or null")
+    for q in quotas:
+        if q is not None and (not isinstance(q, int) or isinstance(q, bool) or q < 0):
+            raise UserError(f"max_examples={q!r} must be a non-negative integer or null")
+    if None in quotas[:-1]:
+        raise UserError(f"dataset {spec.name!r} split {split!r} is dealt into {len(quotas)} disjoint parts "
+                        "(train / validation / test); give every part but the last a max_examples")
+    total = None if quotas[-1] is None else sum(quotas)
     source = _load_source(spec, split, streaming, data_files, cache_dir)
     columns = _columns(source)
     if columns is None and streaming:  # a stream without declared features: look at its first row
@@ -552,14 +600,26 @@ def load_hub_split(
     source = source.select_columns(spec.required_columns())
     if not spec.images_config:
         source = _raw_image(source, spec.image_column)
+    stats = HubLoadStats(task=spec.name)
+    if streaming:  # count the rows the stream yields upstream of the shuffle buffer
+
+        def _count(row):
+            stats.read += 1
+            return row
+
+        source = source.map(_count)
     if seed is not None:
-        source = source.shuffle(seed=seed, buffer_size=10_000) if streaming else source.shuffle(seed=seed)
+        buffer = shuffle_buffer or shuffle_buffer_for(total)
+        source = source.shuffle(seed=seed, buffer_size=buffer) if streaming else source.shuffle(seed=seed)
     lookup = _images_lookup(spec, split, streaming, images_data_files, cache_dir) if spec.images_config else None
 
-    stats = HubLoadStats(task=spec.name)
-    cols = {k: [] for k in FEATURES}
+    slices = [{k: [] for k in FEATURES} for _ in quotas]
+    owner: dict[int, int] = {}  # image id -> the slice that holds its rows
+    full = [q is not None and q == 0 for q in quotas]
     for index, row in enumerate(source):
-        if max_examples is not None and stats.kept >= max_examples:
+        if not streaming:
+            stats.read = index + 1
+        if all(full):
             break
         if any(row.get(c) != v for c, v in spec.filters.items()):
             stats.filtered += 1
@@ -582,27 +642,44 @@ def load_hub_split(
                 )
             stats.bad_image += 1
             continue
+        image_id = image_id_of(spec, row, index)
+        target = owner.setdefault(image_id, full.index(False))
+        if full[target]:
+            stats.other_slice += 1
+            continue
         question, answer, answers = formatted
+        cols = slices[target]
         cols["image"].append({"bytes": data, "path": None})
         cols["question"].append(question)
         cols["answer"].append(answer)
         cols["answers"].append(answers)
         cols["family"].append(spec.family)
         cols["task"].append(spec.name)
-        cols["image_id"].append(_int_id(row.get(spec.id_column) if spec.id_column else None, index))
+        cols["image_id"].append(image_id)
         cols["metric"].append(spec.metric)
         stats.kept += 1
+        full[target] = quotas[target] is not None and len(cols["task"]) >= quotas[target]
     if stats.bad_image or stats.no_image or stats.no_answer:
         log.warning("dataset %s split %s: kept %d rows; skipped %d undecodable images, %d rows without image, "
                     "%d without answer", spec.name, split, stats.kept, stats.bad_image, stats.no_image, stats.no_answer)
-    if stats.kept == 0 and (max_examples is None or max_examples > 0):
-        raise UserError(
-            f"dataset {spec.name!r} split {split!r} gave no usable rows ({stats.bad_image} bad images, "
-            f"{stats.no_image} without image, {stats.no_answer} without answer, {stats.filtered} filtered out): "
-            "a test split without public answers cannot be scored; use another split"
-        )
-    ds = datasets.Dataset.from_dict(cols, features=FEATURES)
-    return (ds, stats) if return_stats else ds
+    for q, cols in zip(quotas, slices):
+        if not cols["task"] and (q is None or q > 0):
+            part = "" if len(quotas) == 1 else f" for one of its {len(quotas)} disjoint parts"
+            raise UserError(
+                f"dataset {spec.name!r} split {split!r} gave no usable rows{part} ({stats.kept} kept, "
+                f"{stats.bad_image} bad images, {stats.no_image} without image, {stats.no_answer} without answer, "
+                f"{stats.filtered} filtered out): a test split without public answers cannot be scored; use another split"
+            )
+    parts = [datasets.Dataset.from_dict(cols, features=FEATURES) for cols in slices]
+    keys = [{image_key(spec, split, i) for i in cols["image_id"]} for cols in slices]
+    return parts, stats, keys
+
+
+def image_key(spec: HubDatasetSpec, split: str, image_id: int) -> tuple:
+    """What identifies an image across data sets: (collection, id); a row index only within its own split."""
+    if spec.id_column is None:
+        return (spec.name, split, image_id)
+    return (spec.image_source or spec.name, image_id)
 
 
 def _per(value, entry: str, split: str):
@@ -622,27 +699,53 @@ def load_hub_mix(
     seed: int | None = None,
     on_bad_image: str | None = None,
     cache_dir: str | None = None,
+    shuffle_buffer: int | None = None,
 ) -> datasets.DatasetDict:
     """train / validation / test, each the concatenation of its data sets in the kit's schema.
 
     Entries are registry names (``"textvqa:train"`` picks the source split) or spec mappings.
     ``max_examples`` is an int (per data set), or a dict keyed by entry (``"textvqa:train"``) and/or by
     "train" / "validation" / "test" (the entry wins). ``data_files`` maps an entry to local files.
+    A source split named in more than one place (TextVQA validation as val and as test) is read once and dealt
+    into consecutive parts in the order train, validation, test that share no image, so validation never
+    holds test rows. Images that still appear in two splits (two data sets on one image collection, e.g. COCO)
+    are reported in one warning line.
     """
-    out = {}
+    plan: dict[tuple, list] = {}  # one source split -> its places [(split, position, quota)]
+    specs = {}
     for split, entries in zip(SPLITS, (train, val, test)):
-        parts = []
-        for entry in entries or []:
+        for pos, entry in enumerate(entries or []):
             key = entry if isinstance(entry, str) else entry.get("name", "") if isinstance(entry, dict) else entry.name
+            spec, named = get_spec(entry)
+            source_split = named or spec.split
             files = (data_files or {}).get(key)
             images_files = (data_files or {}).get(f"{key}/images")
-            parts.append(load_hub_split(entry, max_examples=_per(max_examples, key, split), streaming=streaming,
-                                        data_files=files, images_data_files=images_files, seed=seed,
-                                        on_bad_image=on_bad_image, cache_dir=cache_dir))
+            group = (repr(spec), source_split, repr(files), repr(images_files))
+            specs[group] = (spec, source_split, files, images_files)
+            plan.setdefault(group, []).append((split, pos, _per(max_examples, key, split)))
+    placed: dict[str, dict[int, tuple]] = {s: {} for s in SPLITS}
+    for group, places in plan.items():
+        spec, source_split, files, images_files = specs[group]
+        parts, _, keys = _load_slices(spec, source_split, [q for _, _, q in places], streaming, files, images_files,
+                                      seed, on_bad_image, cache_dir, shuffle_buffer)
+        if len(places) > 1:
+            log.info("dataset %s split %s: read once, dealt into disjoint parts for %s", spec.name, source_split,
+                     ", ".join(f"{s} ({len(p)} rows)" for (s, _, _), p in zip(places, parts)))
+        for (split, pos, _), part, k in zip(places, parts, keys):
+            placed[split][pos] = (part, k)
+    out, seen = {}, {}
+    for split in SPLITS:
+        parts = [placed[split][pos][0] for pos in sorted(placed[split])]
+        seen[split] = set().union(*(placed[split][pos][1] for pos in placed[split]))
         if not parts:
             out[split] = datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)
         else:
             out[split] = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        shared = seen[a] & seen[b]
+        if shared:
+            log.warning("%s and %s share %d images (e.g. %s): scores on %s are not held out", a, b, len(shared),
+                        sorted(shared, key=str)[0], b)
     return datasets.DatasetDict(out)
 
 
@@ -657,7 +760,7 @@ def hub_fingerprint(hub: dict) -> str:
             return [local(f) for f in files]
         return [files, os.path.getsize(files), os.path.getmtime(files)] if isinstance(files, str) and os.path.isfile(files) else files
 
-    text = json.dumps({**hub, "data_files": local(hub.get("data_files")), "_version": 1}, sort_keys=True, default=str)
+    text = json.dumps({**hub, "data_files": local(hub.get("data_files")), "_version": 2}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -668,7 +771,8 @@ def load_hub_mix_cached(data_dir: str, hub: dict) -> datasets.DatasetDict:
     import uuid
     from pathlib import Path
 
-    allowed = {"train", "val", "test", "max_examples", "streaming", "data_files", "seed", "on_bad_image", "cache_dir"}
+    allowed = {"train", "val", "test", "max_examples", "streaming", "data_files", "seed", "on_bad_image", "cache_dir",
+               "shuffle_buffer"}
     unknown = sorted(set(hub) - allowed)
     if unknown:
         raise UserError(f"data.hub has unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
