@@ -262,3 +262,33 @@ def test_seeded_stream_reads_about_the_rows_it_keeps(tmp_path):
     _, whole = hub.load_hub_split("textvqa", data_files=files, max_examples=40, streaming=True, seed=0,
                                   shuffle_buffer=1000, cache_dir=str(tmp_path / "c"), return_stats=True)
     assert whole.read == 400  # a buffer larger than the split reads all of it first (the old 10,000 default)
+
+
+# --- 5. licences as the cards state them; config headers say which evaluation splits they train on ------------
+def test_docs_licences_are_the_registrys_card_licences():
+    docs = (ROOT / "docs" / "hub.md").read_text()
+    for name, spec in hub.REGISTRY.items():
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{name}` |"))
+        card = row.rstrip(" |").rsplit("|", 1)[1].strip()
+        if spec.licence.startswith("none stated on the card"):
+            assert card == "no licence stated on the card", name
+        else:
+            assert spec.licence.startswith(f"card: {card}"), (name, card, spec.licence)
+    for clip in ("openai/clip-vit-base-patch16", "openai/clip-vit-large-patch14-336"):
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{clip}` |"))
+        assert row.rstrip(" |").endswith("no licence stated on the card"), clip
+
+
+TRAINED_ON = {"vqav2": "VQAv2 *validation*", "coco_caption2014": "COCO 2014 *val*"}
+
+
+@pytest.mark.parametrize("config", HUB_CONFIGS, ids=lambda p: p.stem)
+def test_config_header_names_the_evaluation_splits_it_trains_on(config):
+    text = config.read_text()
+    header = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    train = yaml.safe_load(text)["data"]["hub"]["train"]
+    named = [TRAINED_ON[e] for e in train if e in TRAINED_ON]
+    assert named, f"{config.name} trains on no evaluation split; update TRAINED_ON"
+    for phrase in named:
+        assert phrase in header, (config.name, phrase)
+    assert "hub copy has" in header and "never report" in header  # why, and what it means for the numbers

@@ -10,14 +10,17 @@ the answer(s) and the image, its task family, its metric and its licence) and lo
     answers   list[str]        every acceptable answer: the 10 VQA annotations, all captions, the letter
     family    str              "reasoning" or "ocr"
     task      str              the data set's registry name, e.g. "textvqa"
-    image_id  int              the source's image id (string ids are hashed to a stable int), else the row index
+    image_id  int              the source's image id (COCO: the number in the file name; string ids are hashed
+                               to a stable int), else the row index
     metric    str              "vqa" | "anls" | "multiple_choice" | "exact": how to score this row
 
-:func:`load_hub_mix` builds a ``DatasetDict`` (train / validation / test) from lists of names. Subsetting
-(``max_examples``) takes the first N usable rows, after an optional seeded shuffle; ``streaming=True`` reads
-only those rows instead of downloading the whole split (VQAv2's validation split alone is ~30 GB of parquet
-because every question row repeats its image). The selected rows are held in memory, so keep
-``max_examples`` to what the machine holds (~150 KB per COCO-sized image).
+:func:`load_hub_mix` builds a ``DatasetDict`` (train / validation / test) from lists of names; a source split
+named in several of them is read once and dealt into parts that share no image. Subsetting (``max_examples``)
+takes the first N usable rows, after an optional seeded shuffle; ``streaming=True`` reads about those rows
+instead of downloading the whole split (VQAv2's validation split alone is ~30 GB of parquet because every
+question row repeats its image): the seeded shuffle buffer holds N / 4 rows, so ~1.25 N rows are read. The
+selected rows are held in memory, so keep ``max_examples`` to what the machine holds (~150 KB per COCO-sized
+image).
 
 Offline: with ``HF_HUB_OFFLINE=1`` (or ``HF_DATASETS_OFFLINE=1``) set at any time before the call, a data set
 that is not in the local cache fails at once with a UserError instead of retrying the network.
@@ -97,7 +100,8 @@ class HubDatasetSpec:
     metric: str
     """"vqa" (VQA v2 accuracy over the answers), "anls", "multiple_choice" (letter accuracy) or "exact"."""
     licence: str
-    """Licence of the annotations and images, as recorded by us: check the data set card before use."""
+    """What the hub copy's card states ("none stated on the card" when it has none), then the original set's
+    terms where we know them. Not legal advice: read the card and the original terms before use."""
     config: str | None = None
     """Config (subset) name of the source, if it has several."""
     old_paths: tuple[str, ...] = ()
@@ -197,7 +201,8 @@ def _moved(spec: HubDatasetSpec) -> HubDatasetSpec:
 # "question_id" (COCO_val2014_000000391895.jpg, 000000397133.jpg), as lmms-eval's coco_cap task parses it.
 _COCO_FILE_ID = r"(\d+)\.\w+$"
 
-_COCO_LICENCE = "annotations CC BY 4.0 (COCO); images under the Flickr terms of use of their owners"
+_COCO_LICENCE = ("none stated on the card; original COCO: annotations CC BY 4.0, images under the Flickr terms "
+                 "of use of their owners")
 
 REGISTRY: dict[str, HubDatasetSpec] = {
     spec.name: _moved(spec)
@@ -214,36 +219,36 @@ REGISTRY: dict[str, HubDatasetSpec] = {
              description="COCO 2014 val captions (40,504 images x 5 captions), same schema: the larger stage-1 set."),
         # --- stage 2 (instruct): short-answer VQA ----------------------------------------------------------
         _vqa("vqav2", _MOVED + "VQAv2", "validation", "reasoning",
-             "annotations CC BY 4.0 (VQA v2); images COCO (Flickr terms of use)", _VQAV2_COLUMNS,
+             "card: CC BY 4.0; images COCO (Flickr terms of use)", _VQAV2_COLUMNS,
              answer_column="multiple_choice_answer", answers_column="answers", answers_field="answer",
              id_column="image_id", image_source="coco", prompt_suffix=SHORT_ANSWER,
              description="VQA v2 validation (214k questions, 10 answers each): the kit trains on it (the "
                          "hub copy has no train split) and evaluates on GQA / TextVQA / DocVQA / AI2D instead."),
         # --- evaluation: reasoning -------------------------------------------------------------------------
         _vqa("gqa", _MOVED + "GQA", "testdev", "reasoning",
-             "CC BY 4.0 (GQA questions; Visual Genome images CC BY 4.0)", _GQA_COLUMNS,
+             "card: MIT; images from Visual Genome", _GQA_COLUMNS,
              config="testdev_balanced_instructions", images_config="testdev_balanced_images",
              images_split="testdev", join_column="imageId", images_id_column="id", answer_column="answer",
              id_column="imageId", prompt_suffix=SHORT_ANSWER,
              description="GQA test-dev balanced (12,578 questions on 398 images; images in a second config "
                          "joined on imageId). One answer: VQA accuracy = normalised exact match."),
         _vqa("ai2d", _MOVED + "ai2d", "test", "reasoning",
-             "CC BY-SA 4.0 (AI2 Diagrams; verify on the card)", _AI2D_COLUMNS, metric="multiple_choice",
+             "none stated on the card (AI2 Diagrams)", _AI2D_COLUMNS, metric="multiple_choice",
              answer_column="answer", choices_column="options", prompt_suffix=CHOICE_ANSWER,
              description="AI2D test (3,088 science diagrams, 4 options, answer = the option's index as a string)."),
-        _vqa("scienceqa", "derek-thomas/ScienceQA", "test", "reasoning", "CC BY-NC-SA 4.0 (ScienceQA)",
+        _vqa("scienceqa", "derek-thomas/ScienceQA", "test", "reasoning", "card: CC BY-SA 4.0; the original ScienceQA release says CC BY-NC-SA 4.0",
              _SCIENCEQA_COLUMNS, metric="multiple_choice", answer_column="answer", choices_column="choices",
              hint_column="hint", drop_missing_image=True, prompt_suffix=CHOICE_ANSWER,
              description="ScienceQA-IMG: the test questions that have an image (2,017 of 4,241); answer = int "
                          "index. Train (12,726 rows) and validation splits exist too."),
         # --- evaluation (and OCR training): text in images -------------------------------------------------
         _vqa("textvqa", _MOVED + "textvqa", "validation", "ocr",
-             "CC BY 4.0 (TextVQA); images Open Images (CC BY 2.0 per image)", _TEXTVQA_COLUMNS,
+             "none stated on the card; original TextVQA: CC BY 4.0, Open Images (CC BY 2.0 per image)", _TEXTVQA_COLUMNS,
              answers_column="answers", id_column="image_id", prompt_suffix=SHORT_ANSWER,
              description="TextVQA (train 34,602 / validation 5,000 questions, 10 answers each; the test split "
                          "has no answers). VQA accuracy over the 10 answers."),
         _vqa("docvqa", _MOVED + "DocVQA", "validation", "ocr",
-             "DocVQA (RRC): research use per the challenge terms; UCSF Industry Documents Library pages",
+             "card: Apache-2.0; pages from the UCSF Industry Documents Library (RRC challenge terms)",
              _DOCVQA_COLUMNS, metric="anls", config="DocVQA", answers_column="answers", id_column="docId",
              prompt_suffix=SHORT_ANSWER,
              description="DocVQA validation (5,349 questions on document pages; the test split has no "
