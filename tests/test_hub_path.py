@@ -54,14 +54,12 @@ def test_hub_uses_only_names_of_the_oldest_allowed_datasets():
         assert hasattr(datasets.config, flag)
 
 
-def test_an_older_datasets_is_refused_with_the_command(monkeypatch):
-    import importlib
-
-    monkeypatch.setattr(datasets, "__version__", "3.6.0")
+def test_an_older_datasets_is_refused_with_the_command():
+    """hub.py runs this check at import, before it touches datasets.List."""
     with pytest.raises(UserError, match=r"datasets 3.6.0 is installed.*pip install -U 'datasets>=4.0.0'"):
-        importlib.reload(hub)
-    monkeypatch.undo()
-    importlib.reload(hub)
+        hub.check_datasets_version("3.6.0")
+    for ok in ("4.0.0", "4.1.0.dev0", datasets.__version__):
+        hub.check_datasets_version(ok)
 
 
 # --- 2. moved repositories -----------------------------------------------------------------------------------

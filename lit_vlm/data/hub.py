@@ -60,9 +60,13 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts + [0] * (3 - len(parts)))
 
 
-if _version_tuple(datasets.__version__) < _version_tuple(DATASETS_MIN):
-    raise UserError(f"datasets {datasets.__version__} is installed; the hub loader needs datasets>={DATASETS_MIN} "
-                    f"(it uses datasets.List): pip install -U 'datasets>={DATASETS_MIN}'")
+def check_datasets_version(version: str = datasets.__version__) -> None:
+    if _version_tuple(version) < _version_tuple(DATASETS_MIN):
+        raise UserError(f"datasets {version} is installed; the hub loader needs datasets>={DATASETS_MIN} "
+                        f"(it uses datasets.List): pip install -U 'datasets>={DATASETS_MIN}'")
+
+
+check_datasets_version()
 
 FAMILIES = ("reasoning", "ocr")
 METRICS = ("vqa", "anls", "multiple_choice", "exact")
