@@ -85,13 +85,42 @@ def test_region_attention_is_local_and_normalised(name, V):
 
 
 @pytest.mark.parametrize("name", ["tokenpacker", "quecc", "avgpool", "pixelshuffle"])
-def test_tokens_depend_only_on_their_region(name):
-    c, f, q = make(name, 4, 1), feats(), torch.randn(B, DQ)
-    g = f.clone().view(B, 1, SIDE, SIDE, D)
-    g[:, :, :4, :4] += 1.0  # perturb region 0 (top-left 4x4) only
-    a, b = c(f, q), c(g.view_as(f), q)
-    assert not torch.allclose(a[:, 0], b[:, 0])
-    torch.testing.assert_close(a[:, 1:], b[:, 1:])
+@pytest.mark.parametrize("V", [4, 16])
+def test_tokens_depend_only_on_their_region(name, V):
+    levels = 3 if COMPRESSORS[name].multi_level else 1
+    c, f, q = make(name, V, levels), feats(levels), torch.randn(B, DQ)
+    s = SIDE // int(V**0.5)
+    for level in range(levels):  # perturb region 0 (top-left s x s) of one level only
+        g = f.clone().view(B, levels, SIDE, SIDE, D)
+        g[:, level, :s, :s] += 1.0
+        a, b = c(f, q), c(g.view_as(f), q)
+        if level == levels - 1 or COMPRESSORS[name].multi_level:
+            assert not torch.allclose(a[:, 0], b[:, 0])
+        torch.testing.assert_close(a[:, 1:], b[:, 1:])
+
+
+@pytest.mark.parametrize("name", ["tokenpacker", "quecc"])
+def test_gradient_of_a_token_stays_in_its_region(name):
+    c, q = make(name, 16, 2), torch.randn(B, DQ)
+    f = feats(2).requires_grad_(True)
+    c(f, q)[:, 5].sum().backward()  # token 5 of a 4 x 4 output grid: row 1, column 1, patches 2..3 x 2..3
+    grad = f.grad.abs().sum((0, 1, 3)).view(SIDE, SIDE)
+    inside = torch.zeros(SIDE, SIDE, dtype=torch.bool)
+    inside[2:4, 2:4] = True
+    assert (grad[inside] > 0).all() and not grad[~inside].any()
+
+
+@pytest.mark.parametrize("V", [1, 4, 16])
+def test_quecc_follows_the_question_when_regions_have_several_patches(V):
+    c, f = make("quecc", V, 2), feats(2)
+    q1, q2 = torch.randn(B, DQ), torch.randn(B, DQ)
+    assert (c(f, q1) - c(f, q2)).abs().max() > 1e-3
+
+
+def test_quecc_ignores_the_question_at_one_patch_per_token():
+    # s = 1: each query has one key, so the softmax is 1 whatever the query (as in the reference)
+    c, f = make("quecc", SIDE * SIDE, 2), feats(2)
+    torch.testing.assert_close(c(f, torch.randn(B, DQ)), c(f, 10 * torch.randn(B, DQ)))
 
 
 def test_perceiver_attention_sums_to_one_over_all_patches():

@@ -23,6 +23,8 @@ from torch import nn
 
 from lit_vlm.errors import UserError
 
+LN_EPS = 1e-6  # the references' LayerNorm eps (QueCC, TokenPacker)
+
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -158,21 +160,28 @@ class Perceiver(Compressor):
 
 
 # --- region (point-to-region) cross-attention, shared by tokenpacker and quecc -------------------------------
+# Both follow their reference code (locuslab/llava-token-compression quecc.py; CircleRadon/TokenPacker's
+# projector): separate key and value branches (MLP + LayerNorm, eps 1e-6) over the multi-level features, one
+# nn.MultiheadAttention, and the attention output alone as the token. The query only weights its region's values.
+
+
+def _branch(d_in: int, dim: int) -> nn.Sequential:
+    """Linear - GELU - Linear - LayerNorm(eps 1e-6): the references' query/key/value branches."""
+    return nn.Sequential(*_mlp(d_in, dim, dim), nn.LayerNorm(dim, eps=LN_EPS))
 
 
 class RegionCrossAttention(nn.Module):
     """Query v attends only to the s x s patches of its own region (one query per region).
 
-    Keys/values are the multi-level features (levels concatenated on channels) through an MLP + LayerNorm.
-    Implemented by gathering each region into its own short sequence: [B*V, s*s, C].
+    Keys and values: the multi-level features (levels concatenated on channels), each through its own branch.
+    Implemented by gathering each region into its own short sequence: [B*V, s*s, dim].
     """
 
     def __init__(self, *, grid_side: int, scale: int, kv_dim: int, dim: int, num_heads: int):
         super().__init__()
-        self.num_heads, self.dim = num_heads, dim
-        self.kv_mlp = nn.Sequential(_mlp(kv_dim, dim, dim), nn.LayerNorm(dim))
-        self.q_norm = nn.LayerNorm(dim)
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.dim = dim
+        self.k_branch, self.v_branch = _branch(kv_dim, dim), _branch(kv_dim, dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)  # xavier in-proj, zero biases
         # region_index[v, k]: flat patch index of the k-th patch of region v (row-major inside the region)
         v = grid_side // scale
         rows = torch.arange(v).repeat_interleave(v)[:, None] * scale + torch.arange(scale).repeat_interleave(scale)
@@ -181,34 +190,40 @@ class RegionCrossAttention(nn.Module):
         self.num_patches = grid_side * grid_side
 
     def forward(self, queries: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries [B, V, dim], features [B, n_levels, P, D] -> (queries + attended [B, V, dim], attn [B, V, P])."""
+        """queries [B, V, dim], features [B, n_levels, P, D] -> (attended [B, V, dim], attn [B, V, P])."""
         B, V, _ = queries.shape
-        kv = self.kv_mlp(features.permute(0, 2, 1, 3).flatten(2))  # [B, P, n_levels*D] -> [B, P, dim]
-        kv = kv[:, self.region_index]  # [B, V, s*s, dim]
-        h, hd = self.num_heads, self.dim // self.num_heads
-        q = self.q_proj(self.q_norm(queries)).view(B * V, 1, h, hd).transpose(1, 2)  # [B*V, h, 1, hd]
-        k = self.k_proj(kv).view(B * V, -1, h, hd).transpose(1, 2)  # [B*V, h, s*s, hd]
-        v = self.v_proj(kv).view(B * V, -1, h, hd).transpose(1, 2)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)  # [B*V, h, 1, s*s]
-        out = (weights @ v).transpose(1, 2).reshape(B, V, self.dim)
-        # Attention map for inspection: mean over heads, scattered back into the full patch grid.
-        local = weights.mean(1).view(B, V, -1)
+        multi = features.permute(0, 2, 1, 3).flatten(2)  # [B, P, n_levels*D]
+        k = self.k_branch(multi)[:, self.region_index].flatten(0, 1)  # [B*V, s*s, dim]
+        v = self.v_branch(multi)[:, self.region_index].flatten(0, 1)
+        out, weights = self.attn(queries.reshape(B * V, 1, self.dim), k, v, need_weights=True)  # weights: head mean
+        # Attention map for inspection, scattered back into the full patch grid.
+        local = weights.view(B, V, -1)
         attn = local.new_zeros(B, V, self.num_patches).scatter_(2, self.region_index.expand(B, -1, -1), local)
-        return queries + self.o_proj(out), attn
+        return out.view(B, V, self.dim), attn
 
 
 class TokenPacker(Compressor):
-    """TokenPacker: point queries = main level bilinearly downsampled by s; each attends to its own region."""
+    """TokenPacker: point queries = main level bilinearly downsampled by s; each attends to its own region.
+
+    Queries: Linear without bias + LayerNorm. Init as the reference: every Linear (the attention's output
+    projection included) truncated normal std 0.02 with zero biases. Its final MLP is the VLM's projector.
+    """
 
     multi_level = True
 
     def __init__(self, *, num_heads: int | None = None, **kw):
         super().__init__(**kw)
-        self.q_in = nn.Linear(self.in_dim, self.out_dim)
+        self.q_in = nn.Sequential(nn.Linear(self.in_dim, self.out_dim, bias=False),
+                                  nn.LayerNorm(self.out_dim, eps=LN_EPS))
         self.attn = RegionCrossAttention(
             grid_side=self.grid_side, scale=self.scale, kv_dim=self.num_levels * self.in_dim, dim=self.out_dim,
             num_heads=_check_heads(num_heads, self.out_dim),
         )
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def compress(self, features, query):
         main = self._grid(features[:, -1])
@@ -220,8 +235,10 @@ class TokenPacker(Compressor):
 class QueCC(Compressor):
     """QueCC (the paper's): question-conditioned queries from a depthwise strided conv, then region attention.
 
-    query [B, Dq] -> Linear + LayerNorm -> added to every main-level patch -> MLP -> depthwise Conv2d with
-    kernel = stride = s (one query per region) -> region cross-attention over multi-level features.
+    query [B, Dq] -> Linear + LayerNorm -> added to every main-level patch -> MLP + LayerNorm -> depthwise
+    Conv2d with kernel = stride = s (one query per region) -> region cross-attention over multi-level features.
+    At s = 1 the conv is a per-channel scale and the single key is the patch itself, so the softmax is 1 and the
+    token is that patch's value: the question has no effect, as in the reference.
     """
 
     multi_level = True
@@ -232,15 +249,15 @@ class QueCC(Compressor):
         if self.query_dim is None:
             raise UserError("compressor 'quecc' needs query_dim (the LLM hidden size) to embed the question")
         D, dim, s = self.in_dim, self.out_dim, self.scale
-        self.text_proj = nn.Sequential(nn.Linear(self.query_dim, D), nn.LayerNorm(D))
-        self.mlp = _mlp(D, dim, dim)
+        self.text_proj = nn.Sequential(nn.Linear(self.query_dim, D), nn.LayerNorm(D, eps=LN_EPS))
+        self.q_branch = _branch(D, dim)
         self.down = nn.Conv2d(dim, dim, kernel_size=s, stride=s, groups=dim)  # depthwise: one query per region
         self.attn = RegionCrossAttention(grid_side=self.grid_side, scale=s, kv_dim=self.num_levels * D, dim=dim,
                                          num_heads=_check_heads(num_heads, dim))
 
     def compress(self, features, query):
         x = features[:, -1] + self.text_proj(query.to(features.dtype))[:, None]  # [B, P, D]
-        x = self.down(self._grid(self.mlp(x)))  # [B, dim, v, v]
+        x = self.down(self._grid(self.q_branch(x)))  # [B, dim, v, v]
         return self.attn(x.flatten(2).transpose(1, 2), features)
 
 
