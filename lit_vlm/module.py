@@ -1,6 +1,6 @@
 """The LightningModule: one small LLaVA, its training stages, optimiser groups and per-family metrics.
 
-Stages follow LLaVA-1.5 (FACTS.md): ``align`` trains only the compressor and projector (LLM and vision
+Stages follow LLaVA-1.5 (docs/paper.md): ``align`` trains only the compressor and projector (LLM and vision
 frozen); ``instruct`` trains the LLM too. The vision tower trains only when ``vision.frozen`` is false (the
 offline kit has no pretrained tower, so the quickstart and the grid's stage 0 train one from scratch).
 """

@@ -1,4 +1,5 @@
-"""Which implementation the autograder grades: the folder in LIT_VLM_SUBMISSION (default: the solutions).
+"""Which implementation the autograder grades: the folder in LIT_VLM_SUBMISSION (default: the solutions, or in
+the student release, which has none, the stubs).
 
     LIT_VLM_SUBMISSION=/path/to/student_copy python -m pytest tutorials/assignments/autograder -q
 
@@ -17,11 +18,12 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 SOLUTIONS = HERE.parent / "solutions"
+DEFAULT = SOLUTIONS if SOLUTIONS.is_dir() else HERE.parent / "student"
 sys.path.insert(0, str(HERE))  # the graders import ocr_probe from here
 
 
 def submission_dir() -> Path:
-    return Path(os.environ.get("LIT_VLM_SUBMISSION") or SOLUTIONS).resolve()
+    return Path(os.environ.get("LIT_VLM_SUBMISSION") or DEFAULT).resolve()
 
 
 def load_submission(name: str):

@@ -136,9 +136,10 @@ def main() -> None:
 
     from lit_vlm.model.compressors import COMPRESSORS
 
-    here = Path(__file__).resolve().parent
+    from conftest import DEFAULT  # the folder the autograder grades by default
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--submission", default=str(here.parent / "solutions"))
+    parser.add_argument("--submission", default=str(DEFAULT))
     parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("a4_submission", Path(args.submission) / "a4_ocr_compressor.py")

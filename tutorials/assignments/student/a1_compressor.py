@@ -1,5 +1,8 @@
 """Assignment 1: implement two visual-token compressors to the kit's interface.
 
+Grading also checks that the work is your own: from the kit this file may import only `Compressor`
+(and `UserError`).
+
 Read lit_vlm/model/compressors.py first: every compressor subclasses `Compressor`, whose constructor takes
 keyword arguments only
 

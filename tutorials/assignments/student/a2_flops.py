@@ -1,7 +1,10 @@
 """Assignment 2: the inference-FLOPs estimate 2 N (Q + V), checked against what torch actually counts.
 
+Grading also checks that the work is your own: from the kit this file may import only `measure_prefill`
+(and `UserError`), and computes N, Q, the analytic FLOPs and the ratio itself.
+
 The paper charges one answer's prefill 2 N (Q + V) FLOPs: N LLM parameters, Q text tokens, V visual tokens
-(FACTS.md, "Cost model"). Every token passes once through every weight matrix, and a matrix-vector product
+(docs/paper.md, "Cost model"). Every token passes once through every weight matrix, and a matrix-vector product
 with a matrix of n entries costs 2 n FLOPs (a multiply and an add per entry).
 
 Implement the five functions below. Only torch and lit_vlm.flops.measure_prefill are needed; a VLM here is the

@@ -1,6 +1,9 @@
 """Assignment 3: fit the paper's scaling law to a results table and find the inference-optimal number of tokens.
 
-The law (FACTS.md, as fitted in the authors' code), N in billions of LLM parameters, V visual tokens:
+Grading also checks that the work is your own: this file may import nothing from the kit (`UserError` at
+most); numpy and scipy are yours to use.
+
+The law (docs/paper.md, as fitted in the authors' code), N in billions of LLM parameters, V visual tokens:
 
     error(N, V) = A * N^(-alpha) * V^(-beta) + D,        A, alpha, beta, D >= 0
 
@@ -22,7 +25,7 @@ Implement:
 Grading (autograder/test_a3_scaling_law.py): your SSE at most 1% above the kit's fit; your predictions within
 0.003 of the kit's fit on the grid and your alpha / beta within 10% of the kit's; optimal_v equal (to 1e-6
 relative) to the closed form for given parameters; V* and the optimal N from your fit within 10% of the kit's.
-D, on its own, is NOT graded: it is weakly identified by such a grid (FACTS.md) - find out why.
+D, on its own, is NOT graded: it is weakly identified by such a grid (docs/paper.md) - find out why.
 """
 
 from __future__ import annotations

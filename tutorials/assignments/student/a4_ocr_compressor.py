@@ -1,5 +1,8 @@
 """Assignment 4 (open): design a compressor that beats avgpool at ONE visual token on OCR.
 
+Grading also checks that the work is your own: from the kit this file may import only `Compressor`
+(and `UserError`).
+
 The paper's finding 2: for reading text, visual tokens matter more than LLM size, because squeezing the patch
 grid into very few tokens loses *where* each character is. Your job: keep as much of it as you can in V = 1.
 

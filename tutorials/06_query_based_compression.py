@@ -1,0 +1,177 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Query-based compression: QueCC vs TokenPacker vs avgpool
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lit-vlm/lit_vlm/blob/main/tutorials/06_query_based_compression.ipynb)
+#
+# If the optimum is one or a few visual tokens, the compressor must *choose* what to keep - and the one
+# thing that says what matters is the user's question. That is the paper's QueCC ("query-based
+# convolutional cross-attention"): TokenPacker's point-to-region attention, with the question's LLM
+# embedding added to the features that form the queries. This notebook trains avgpool, TokenPacker and
+# QueCC side by side at V = 1 and V = 4 on the synthetic benchmark (one shared frozen tower, via
+# `lit_vlm.grid`), reports accuracy per task family, and puts the result next to the paper's numbers.
+
+# %%
+# On Colab this installs the kit from GitHub; where lit_vlm is already importable it does nothing.
+try:
+    import lit_vlm
+except ImportError:
+    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/lit-vlm/lit_vlm"')
+    import lit_vlm
+print("lit_vlm", lit_vlm.__version__)
+
+# %% [markdown]
+# **Three modes**, set by `MODE` in the parameters cell below. `"committed"` (what this notebook shows on GitHub
+# and when first opened in Colab) uses tiny sizes and shows the committed grid instead of training one; what has
+# no committed counterpart runs as in smoke mode. `"smoke"` (the default outside Colab, or `LIT_VLM_SMOKE=1`)
+# uses tiny sizes and a handful of training steps so the notebook runs top to bottom in about a minute on a
+# laptop CPU: it shows the mechanics, and its trained numbers are close to chance. `"full"` (the default on
+# Colab, or `LIT_VLM_SMOKE=0`) uses sizes meant for one Colab GPU. Full mode trains 3 compressors × 2 V × 2
+# seeds for 3,000 steps each: roughly 30-60 minutes on one Colab GPU (an estimate, not a measurement).
+
+# %% tags=["parameters"]
+MODE = ""  # committed, smoke or full; empty: $LIT_VLM_MODE, else $LIT_VLM_SMOKE, else full on Colab
+WORK_DIR = ""  # data, towers and grids go here (empty: $LIT_VLM_WORK_DIR, else a default folder for the mode)
+STEPS = None  # training steps per cell (None: 60, or 3,000 in full mode)
+TOWER_STEPS = None  # stage-0 steps of the shared tower (None: 20, or 2,000 in full mode)
+SEEDS = None  # (None: [0], or [0, 1] in full mode)
+NUM_TRAIN = None  # training examples (None: 256, or 8,000 in full mode)
+NUM_TEST = None  # test examples per cell (None: 64, or 400 in full mode)
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from IPython.display import display
+
+from lit_vlm import tutorial
+
+kit = tutorial.setup(MODE, WORK_DIR)  # the mode, quiet logs, inline figures, the work folder, the device
+SMOKE, WORK, ACCELERATOR = kit.smoke, kit.work, kit.accelerator
+
+# %%
+VISION, LLM = tutorial.tiny_sizes(SMOKE)  # an 8 x 8 patch grid, so V in {1, 4, 16, 64}
+
+TASK_OPTIONS = tutorial.task_options()  # the committed grid's benchmark: small models learn it in minutes
+
+from lit_vlm.grid import GridConfig, TowerConfig, run_grid
+from lit_vlm.model.vision import VisionConfig
+from lit_vlm.model.vlm import LLMConfig
+
+COMPRESSORS = ["avgpool", "tokenpacker", "quecc"]
+VS = [1, 4]
+STEPS = kit.pick(STEPS, smoke=60, full=3000)
+TOWER_STEPS = kit.pick(TOWER_STEPS, smoke=20, full=2000)
+SEEDS = kit.pick(SEEDS, smoke=[0], full=[0, 1])
+NUM_TRAIN = kit.pick(NUM_TRAIN, smoke=256, full=8000)
+NUM_TEST = kit.pick(NUM_TEST, smoke=64, full=400)
+GRID_DIR = WORK / ("grid06" if SMOKE else "grid06_full")
+
+# %% [markdown]
+# ## 1. One grid: compressors × V, one LLM
+#
+# The grid runner sweeps compressors as well as sizes and V. The tower exposes two feature levels (patch
+# embeddings and its last layer): TokenPacker and QueCC read both, as in the paper (QueCC reads CLIP layers
+# 12, 16, 22, 23); avgpool reads the last. Every cell gets the same frozen tower and the same cached features.
+#
+# QueCC's question only weights each region's values (a token is the attention-weighted sum of its region's
+# patch features; there is no residual carrying the query into the output). At s = 1, one output token per
+# patch, the single weight is 1 and the output does not depend on the question, as in the paper's reference
+# implementation: question conditioning can only help where a token pools several patches - the V = 1 and
+# V = 4 compared here.
+
+# %%
+cfg = GridConfig(
+    out_dir=str(GRID_DIR),
+    llms={"llm": LLMConfig(**LLM)},
+    visual_tokens=VS,
+    compressors=COMPRESSORS,
+    seeds=SEEDS,
+    vision=VisionConfig(**VISION, feature_layers=[0, -1]),
+    model={"optimizer": {"lr": 1e-3}, "max_new_tokens": 2},
+    data={"data_dir": str(WORK / "data"), "task_options": TASK_OPTIONS, "num_train": NUM_TRAIN, "num_val": 16,
+          "num_test": NUM_TEST,
+          "batch_size": 16 if SMOKE else 32, "eval_batch_size": 64 if SMOKE else 100},
+    trainer={"accelerator": ACCELERATOR, "max_steps": STEPS, "enable_progress_bar": not SMOKE,
+             "enable_model_summary": False},
+    tower=TowerConfig(checkpoint=str(GRID_DIR / "tower.safetensors"), objective="dense", max_steps=TOWER_STEPS),
+)
+results = pd.read_csv(run_grid(cfg))
+display(results[["cell", "family", "accuracy", "visual_tokens", "compressor", "train_steps", "train_time_s"]])
+
+# %% [markdown]
+# ## 2. Accuracy per family
+#
+# Mean over seeds. **In smoke mode (60 steps) every cell is still at or below the answer prior, so the
+# differences below are noise** - the full-mode run (or a longer CPU run) is where a comparison means
+# something.
+
+# %%
+acc = results.groupby(["family", "compressor", "visual_tokens"])["accuracy"].mean().unstack("visual_tokens")
+acc.columns = [f"V = {v}" for v in acc.columns]
+display(acc.round(3))
+
+families = [f for f in ("reasoning", "ocr") if f in acc.index.get_level_values(0)]
+fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.6), squeeze=False)
+width = 0.8 / len(COMPRESSORS)
+for ax, family in zip(axes[0], families):
+    for k, name in enumerate(COMPRESSORS):
+        ax.bar([i + k * width for i in range(len(VS))], acc.loc[(family, name)].values, width, label=name)
+    ax.set_xticks([i + width for i in range(len(VS))], [f"V = {v}" for v in VS])
+    ax.set_ylabel("exact-match accuracy"), ax.set_title(f"{family} ({STEPS} steps)"), ax.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 3. What the paper reports (its numbers, summarised in docs/paper.md)
+#
+# The paper states that QueCC's advantage over TokenPacker is **largest at 1-4 tokens and vanishes by 16-36
+# tokens**. The numbers it gives for GQA with a Vicuna-7B LLM, QueCC vs TokenPacker:
+
+# %%
+paper = pd.DataFrame({"visual tokens": [1, 4, 16, 36],
+                      "QueCC": [53.5, 56.5, 59.0, 60.5], "TokenPacker": [53.4, 56.2, 58.9, 59.6]})
+paper["QueCC - TokenPacker"] = (paper["QueCC"] - paper["TokenPacker"]).round(1)
+display(paper.set_index("visual tokens"))
+print("VizWiz at 1 token (the paper): QueCC 44.1 vs TokenPacker 41.1, a gap of 3.0")
+
+# %% [markdown]
+# Read these with care. On GQA every gap is under one point and they do **not** shrink with V (+0.1, +0.3,
+# +0.1, +0.9): these four numbers alone do not show the claimed trend. The clear low-token gain among the
+# quoted numbers is VizWiz at one token (+3.0). The claim rests on the paper's wider table; with single runs
+# and no error bars, sub-point gaps on one benchmark are within what seed noise can produce.
+#
+# ### When does knowing the question help?
+#
+# * **When the budget forces a choice.** With many tokens every region keeps its own token and nothing has
+#   to be thrown away. With one token the compressor must decide which part of the image survives, and the
+#   question is the only thing that says which.
+# * **When questions about one image want different things.** "What color is the circle?" and "how many
+#   squares?" need different parts of a scene; "what is the first character?" and "the last?" need
+#   different ends of a word. A question-blind compressor must keep a compromise for all of them.
+# * **Not when the answer is global anyway.** Answers that survive averaging (which colours are present,
+#   roughly how many shapes) gain little from the question, which is why plain pooling is a strong baseline
+#   for visual reasoning at V = 1. VizWiz (photos taken by blind users, often of text or a small object)
+#   needs a specific part of the image far more often than GQA does - consistent with the larger gap there.
+# * The cost is one extra LLM pass over the question (no gradient) per image, on text that is short
+#   compared with the visual tokens saved.
+#
+# On the synthetic benchmark, compare the QueCC and TokenPacker rows of section 2 after a full-mode run:
+# the place to look is V = 1 on OCR's single-character questions, where the question names the position.
