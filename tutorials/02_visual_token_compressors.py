@@ -139,8 +139,8 @@ except UserError as err:
 # %% [markdown]
 # Things to notice: `identity` exists only at V = P = 64; `avgpool` has no parameters at all;
 # `pixelshuffle`'s parameters grow as V shrinks (one token stacks more patches); `perceiver`'s grow with V
-# (one learned query per token); `tokenpacker` and `quecc` cost the same at every V, because their
-# attention is shared by all regions.
+# (one learned query per token); `tokenpacker`'s parameters are the same at every V (its attention is
+# shared by all regions), and `quecc`'s change only through its depthwise convolution, whose kernel is s x s.
 #
 # ## 3. Where the attention-based compressors look
 #
@@ -240,10 +240,10 @@ print("the visual tokens changed by (relative L2 per token):", [round(float(x), 
 # %% [markdown]
 # Read the numbers before the pictures (each panel has its own colour scale, so even a tiny difference
 # looks bright in the bottom row). Freshly initialised attention logits are close to zero, so the softmax
-# inside each region is close to uniform *whatever the query*: the question changes QueCC's queries - the
-# visual tokens above move by a clearly non-zero amount - but moves its attention weights only a little until
-# training sharpens them. That is the honest state of a 30-step model; in full mode (1,500 steps) compare
-# again.
+# inside each region is close to uniform *whatever the query*: the question changes QueCC's queries, but
+# each token is a weighted average of its region's values, so it moves only as much as the weights do, and
+# after 30 steps both are near zero. Training is what makes the question matter; in full mode (1,500 steps)
+# compare again.
 
 # %% [markdown]
 # ### What to take away
@@ -253,8 +253,9 @@ print("the visual tokens changed by (relative L2 per token):", [round(float(x), 
 # * Region attention (tokenpacker, quecc) ties token k to a fixed part of the image; a resampler
 #   (perceiver) lets each token choose. At V = 1 both reduce to "one weighted average of the image" -
 #   which weights, is exactly where QueCC's question conditioning can help (notebook 06).
-# * Even untrained, QueCC's attention changes with the question: the question embedding is added to the
-#   features that form the queries. Whether that change is *useful* is learned - and notebook 06, like the
-#   paper, finds it matters most at 1-4 tokens.
+# * QueCC's attention changes with the question (its embedding is added to the features that form the
+#   queries), and the question acts only through which patches of a region are weighted: at one patch per
+#   token it has no effect. Whether that change is *useful* is learned - and notebook 06, like the paper,
+#   finds it matters most at 1-4 tokens.
 # * Assignment 1 (`tutorials/assignments/`) asks you to implement `avgpool` and a learned-query resampler to
 #   this interface.

@@ -141,13 +141,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--submission", default=str(DEFAULT))
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--kit", nargs="*", default=[], choices=sorted(COMPRESSORS),
+                        help="also probe these kit compressors (the reference rows of INSTRUCTOR.md's table)")
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("a4_submission", Path(args.submission) / "a4_ocr_compressor.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     with tempfile.TemporaryDirectory() as tmp:
         feats = probe_features(tmp)
-    for name, cls in (("avgpool", COMPRESSORS["avgpool"]), ("submission", mod.OCRCompressor)):
+    kit = [(name, COMPRESSORS[name]) for name in args.kit]
+    for name, cls in (("avgpool", COMPRESSORS["avgpool"]), *kit, ("submission", mod.OCRCompressor)):
         for seed in range(args.seeds):
             print(name, f"seed={seed}", run_probe(cls, feats, seed=seed), flush=True)
 
