@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lit_vlm.errors import UserError
-from lit_vlm.grid import COLUMNS, GridConfig, ResultsTable, build_parser, run_grid
+from lit_vlm.grid import COLUMNS, GridConfig, ResultsTable, load_config, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +43,8 @@ def write_config(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def load(path: Path) -> GridConfig:
-    parser = build_parser()
-    init = parser.instantiate(parser.parse_args(["--config", str(path)]))
-    return GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
+def load(path: Path, *overrides: str) -> GridConfig:
+    return load_config(str(path), *overrides)
 
 
 def read_rows(path: Path) -> list[dict]:
