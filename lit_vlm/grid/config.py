@@ -117,6 +117,11 @@ def one_line(err: Exception) -> str:
     reasons = [line for line in lines if not line.startswith(("Parser key", "Does not validate", "Subtypes",
                                                                  "Errors", "Given value", "Problem with"))]
     reason = next((r for r in reasons if r.startswith("Expected")), reasons[0] if reasons else lines[-1])
+    unknown = re.match(r"Group '(\w+)' does not accept option '([^']+)'", reason)
+    if unknown and unknown.group(1) in ("model", "data", "trainer"):
+        section, key = unknown.groups()
+        allowed = ", ".join(vars(_section_parser().get_defaults()[section]))
+        return f"{section}.{key} is not an argument of the {section} section; allowed: {allowed}"
     return f"{'.'.join(keys)}: {reason}" if keys else reason
 
 
