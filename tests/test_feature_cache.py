@@ -67,6 +67,15 @@ def test_an_image_the_store_lacks_goes_through_the_tower(module_and_data, tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(cached(pixels), real(pixels), rtol=1e-5, atol=1e-5)
     assert cached.misses == 3 and cached.hits == 0
+    # a batch in another dtype ("16-true" precision casts it to half) cannot match the fp32 keys: computed
+    other = CachedTower(real, store)
+    try:
+        with torch.no_grad():
+            real.double()
+            torch.testing.assert_close(other(pixels.double()), real(pixels.double()))
+    finally:
+        real.float()
+    assert other.misses == 3 and other.hits == 0
 
 
 def test_store_is_keyed_by_the_tower_and_the_data(module_and_data, tmp_path):

@@ -76,6 +76,9 @@ class CachedTower(nn.Module):
             return getattr(self._modules["tower"], name)  # the tower's own: image_size, grid_side, num_levels ...
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dtype != torch.float32:  # keys are of fp32 pixels ("*-true" precision casts the batch)
+            self.misses += len(pixel_values)
+            return self.tower(pixel_values)
         pixels = pixel_values.detach().cpu().numpy()
         rows = [self.store.rows.get(image_key(p)) for p in pixels]
         hit = [i for i, r in enumerate(rows) if r is not None]
