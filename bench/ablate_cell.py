@@ -16,15 +16,16 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_vlm.grid import (  # noqa: E402
-    Cell, GridConfig, build_feature_cache, build_parser, cell_model_args, load_or_train_tower)
+from lit_vlm.grid import Cell, build_store, cell_model_args, load_config, load_or_train_tower, validate  # noqa: E402
+from lit_vlm.grid.cache import attach  # noqa: E402
+from lit_vlm.grid.config import trainer_kwargs  # noqa: E402
 
 
 def main() -> None:
@@ -45,9 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    parser = build_parser()
-    init = parser.instantiate(parser.parse_args(["--config", args.config]))
-    cfg = GridConfig(**{f.name: init[f.name] for f in fields(GridConfig)})
+    cfg = validate(load_config(args.config))
     data = {**cfg.data, **json.loads(args.data)}
     if args.llm_config:
         from lit_vlm.model.vlm import LLMConfig
@@ -60,19 +59,12 @@ def main() -> None:
                   tower=replace(cfg.tower, checkpoint=str(Path(out) / Path(cfg.tower.checkpoint).name)))
 
     from lit_vlm.data.datamodule import VLMDataModule
-    from lit_vlm.data.processor import VLMProcessor
-    from lit_vlm.data.tokenizer import load_tokenizer
     from lit_vlm.module import LitVLM
 
     tower = load_or_train_tower(cfg)
     if args.raw_features:
         tower = {**tower, "feature_mean": torch.zeros_like(tower["feature_mean"]),
                  "feature_std": torch.ones_like(tower["feature_std"])}
-    tok = load_tokenizer(cfg.model.get("tokenizer", "synthetic"))
-    dm = VLMDataModule(**cfg.data, processor=VLMProcessor(tok, image_size=cfg.vision.image_size))
-    dm.prepare_data()
-    dm.setup("fit")
-    features = build_feature_cache(cfg, tower, dm)
 
     cell = Cell(args.llm, args.visual_tokens, args.compressor, cfg.seeds[0] if args.seed is None else args.seed)
     model = cell_model_args(cfg, cell)  # the grid's rates for this size (lr_width)
@@ -83,16 +75,20 @@ def main() -> None:
                     visual_tokens=cell.visual_tokens, **model)
     module.vlm.vision_tower.load_state_dict(tower)
     dm = VLMDataModule(**cfg.data, processor=module.processor)
-    dm.feature_cache = features
+    dm.prepare_data()
+    dm.setup("fit")
+    store = build_store(Path(out) / "features", module.vlm.vision_tower, dm.datasets)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        **cfg.trainer)
-    start = time.perf_counter()
-    trainer.fit(module, dm)
-    seconds = time.perf_counter() - start
+                        **trainer_kwargs(cfg.trainer))
+    with attach(module.vlm, store):
+        start = time.perf_counter()
+        trainer.fit(module, dm)
+        seconds = time.perf_counter() - start
+        # predict_step runs the test split and returns each answer with its family and task
+        predictions = trainer.predict(module, dm)
 
-    # predict_step runs the test split and returns each answer with its family and task
     hits, totals = Counter(), Counter()
-    for row in (r for batch in trainer.predict(module, dm) for r in batch):
+    for row in (r for batch in predictions for r in batch):
         key = (row["family"], row["task"])
         totals[key] += 1
         hits[key] += row["prediction"].strip() == row["answer"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_vlm.grid import GridConfig, build_parser, load_or_train_tower, run_grid  # noqa: E402
+from lit_vlm.grid import load_config, load_or_train_tower, run_grid, validate  # noqa: E402
 
 
 def main() -> None:
@@ -32,9 +32,7 @@ def main() -> None:
     ap.add_argument("--visual-tokens", nargs="*", type=int, default=None, help="only these V")
     ap.add_argument("--max-steps", type=int, default=None, help="training steps per cell")
     args = ap.parse_args()
-    parser = build_parser()
-    init = parser.instantiate(parser.parse_args(["--config", args.config]))
-    base = GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
+    base = validate(load_config(args.config))
     tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     tower = args.tower or str(tmp / "tower.safetensors")
     base = replace(base, data={**base.data, "data_dir": str(tmp / "data")},
@@ -60,7 +58,7 @@ def main() -> None:
         "# python " + " ".join(sys.argv),
         f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         f"cells: {len(base.llms) * len(base.visual_tokens) * len(base.compressors) * len(base.seeds)}, "
-        f"steps per cell: {base.trainer.get('max_steps')}",
+        f"steps per cell: {base.trainer['max_steps']}",
         f"recompute vision features every step: {times[False]:.1f} s",
         f"feature cache (including building it):  {times[True]:.1f} s",
         f"speedup: {ratio:.2f}x",

@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from lightning.fabric.utilities.throughput import measure_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_vlm.grid import GridConfig, build_parser  # noqa: E402
+from lit_vlm.grid import load_config, validate  # noqa: E402
 from lit_vlm.module import LitVLM  # noqa: E402
 
 
@@ -46,23 +47,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--out", default="bench/results/throughput_cpu.json")
     args = ap.parse_args()
-    parser = build_parser()
-    init = parser.instantiate(parser.parse_args(["--config", args.config]))
-    cfg = GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
+    cfg = validate(load_config(args.config))
     llm = args.llm or list(cfg.llms)[-1]
     v = args.visual_tokens or max(cfg.visual_tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     torch.manual_seed(0)
     module = LitVLM(vision=cfg.vision, llm=cfg.llms[llm], compressor=cfg.compressors[0], visual_tokens=v, **cfg.model)
-    module.to(device).train()
-    tower = module.vlm.vision_tower
-    from lit_vlm.data.synthetic import draw_example
+    import datasets
 
-    batch_size = cfg.data.get("batch_size", 32)
-    rows = [{**draw_example("train", i, **cfg.data.get("task_options", {})), "index": i} for i in range(batch_size)]
-    for row in rows:  # cached features, as the grid feeds them
-        row["vision_features"] = torch.randn(tower.num_levels, tower.num_patches, tower.hidden_size).numpy()
+    from lit_vlm.data.synthetic import draw_example
+    from lit_vlm.grid.cache import CachedTower, build_store
+
+    batch_size = cfg.data["batch_size"]
+    rows = [{**draw_example("train", i, **(cfg.data["task_options"] or {})), "index": i} for i in range(batch_size)]
+    # the frozen tower's features from the feature cache, as the grid feeds them: the tower does not run
+    store = build_store(Path(tempfile.mkdtemp(prefix="bench-throughput-")), module.vlm.vision_tower,
+                        {"train": datasets.Dataset.from_list(rows)})
+    module.vlm.vision_tower = CachedTower(module.vlm.vision_tower, store)
+    module.to(device).train()
     batch = {k: (t.to(device) if torch.is_tensor(t) else t) for k, t in module.processor.collate(rows).items()}
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
 

@@ -50,9 +50,7 @@ class PrefillCost:
 
 
 def _prefill_inputs(vlm, batch: dict) -> dict:
-    features = batch.get("vision_features")
-    if features is None:
-        features = vlm.encode_images(batch["pixel_values"])
+    features = vlm.encode_images(batch["pixel_values"])
     visual = vlm.visual_embeds(features, batch.get("question_ids"), batch.get("question_mask"))
     return vlm.splice(batch["prompt_ids"], batch["prompt_mask"], visual)
 

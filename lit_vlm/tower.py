@@ -1,4 +1,4 @@
-"""Stage 0: pretrain the shared vision tower with dense per-patch labels from the synthetic generator.
+"""Stage 0: the shared vision tower, trained once and frozen for every grid cell, with either objective.
 
 The paper starts from a pretrained CLIP tower. Offline we cannot download one, and training a tower end to
 end through a from-scratch LLM on VQA answers is slow: the whole model sits at the answer prior for
@@ -6,28 +6,63 @@ thousands of steps. The synthetic generator knows where every object and charact
 every patch (see ``lit_vlm.data.synthetic.draw_with_patch_labels``): a dense, fast objective that gives the
 tower what a pretrained encoder would bring, features from which objects and characters can be read.
 
+    TowerConfig: what stage 0 trains (objective, steps, rate) and where its weights live.
     DenseTowerModule: VisionTower + one linear head per label map, cross-entropy on every patch.
-    train_dense_tower(): builds the labelled training images, fits with a Lightning Trainer, reports
-                         per-patch accuracy on held-out images, returns the tower's state dict.
+    train_dense_tower(): objective "dense": builds the labelled training images, fits with a Lightning
+                         Trainer, reports per-patch accuracy on held-out images, returns the tower's state.
+    train_vqa_tower(): objective "vqa": tower + identity compressor + LLM trained end to end on the answers
+                       (any data; the LLM is discarded).
+    load_or_train(): the tower's safetensors file if it exists (checked against the vision config), else
+                     trained with the chosen objective and saved atomically.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from dataclasses import replace
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import lightning as L
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_vlm.data import synthetic
 from lit_vlm.data.processor import image_to_tensor
+from lit_vlm.errors import UserError
 from lit_vlm.model.vision import VisionConfig, VisionTower
+from lit_vlm.model.vlm import LLMConfig
 
 log = logging.getLogger("lit_vlm.grid")
 TARGETS = (*synthetic.DENSE_TARGETS, "row", "column")
+OBJECTIVES = ("dense", "vqa")
+
+
+@dataclass
+class TowerConfig:
+    """Stage 0: the shared vision tower, trained once end to end, then frozen for every cell."""
+
+    checkpoint: str = "runs/towers/tower.safetensors"
+    """Where the tower's weights live (safetensors). Trained and saved here when missing."""
+    train_if_missing: bool = True
+    """Train the tower when the checkpoint is missing (False: a missing checkpoint is an error)."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """objective=vqa only: the LLM trained with the tower (its weights are discarded)."""
+    objective: str = "dense"
+    """dense: classify every patch's object and character (labels from the synthetic generator; fast, see
+    lit_vlm/tower.py). vqa: train tower + identity compressor + LLM end to end on the answers (any data)."""
+    max_steps: int = 400
+    """Training steps of stage 0."""
+    lr: float = 2e-3
+    """Peak learning rate of stage 0."""
+    batch_size: int = 64
+    """objective=dense only: images per step."""
 
 
 class DenseTowerModule(L.LightningModule):
@@ -124,3 +159,100 @@ def train_dense_tower(
     module.tower.fit_feature_stats(train.tensors[0][i : i + 256] for i in range(0, len(train), 256))
     state = {k: v.detach().cpu().contiguous() for k, v in module.tower.state_dict().items()}
     return state, acc
+
+
+def train_vqa_tower(
+    vision: VisionConfig, llm: LLMConfig, data: dict, *, max_steps: int, lr: float, seed: int = 0,
+    model_args: dict | None = None, trainer_args: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Train tower + identity compressor + ``llm`` end to end on the answers of ``data`` (any source); returns
+    the tower's state dict, its features standardised on training images. The LLM is discarded."""
+    from lit_vlm.data.datamodule import VLMDataModule
+    from lit_vlm.module import LitVLM, OptimizerConfig
+
+    L.seed_everything(seed, verbose=False)
+    side = vision.image_size // vision.patch_size  # stage 0 trains only towers built from a config
+    module = LitVLM(vision=replace(vision, frozen=False), llm=llm, compressor="identity", visual_tokens=side * side,
+                    stage="instruct", optimizer=OptimizerConfig(lr=lr), **(model_args or {}))
+    dm = VLMDataModule(**data, processor=module.processor)
+    trainer = L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, limit_val_batches=0,
+                        **(trainer_args or {}))
+    trainer.fit(module, dm)
+    tower = module.vlm.vision_tower.eval()
+    dm.setup("fit")
+    tower.fit_feature_stats(batch["pixel_values"] for _, batch in zip(range(20), dm.train_dataloader()))
+    return {k: v.detach().cpu().contiguous() for k, v in tower.state_dict().items()}
+
+
+# --- the tower's checkpoint --------------------------------------------------------------------------------
+def _arch(vision: VisionConfig) -> str:
+    """The architecture a checkpoint was trained for (saved in its metadata, compared on load)."""
+    return json.dumps({k: v for k, v in asdict(vision).items() if k not in ("frozen", "weights")}, sort_keys=True)
+
+
+def read_tower(path: Path, vision: VisionConfig) -> dict[str, torch.Tensor]:
+    """The state dict saved at ``path``, refused in one line if it is unreadable or fits another tower."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            saved_arch = (f.metadata() or {}).get("vision_config")
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - any decode failure means "not a tower checkpoint"
+        raise UserError(f"tower checkpoint {path} cannot be read as safetensors ({err})") from None
+    if saved_arch != _arch(vision):
+        raise UserError(
+            f"tower checkpoint {path} was trained for another vision config; delete it to retrain, or set "
+            f"vision to the one it was saved with: {saved_arch}"
+        )
+    missing = sorted(set(VisionTower(replace(vision, frozen=True)).state_dict()) - set(state))
+    if missing:
+        raise UserError(f"tower checkpoint {path} lacks {missing[0]} (saved by an older lit_vlm); delete it to retrain")
+    return state
+
+
+def save_tower(path: Path, state: dict[str, torch.Tensor], vision: VisionConfig) -> None:
+    """Write atomically (temporary file, rename): a killed run never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"vision_config": _arch(vision)})
+    os.replace(tmp, path)
+
+
+def train_tower(
+    tower: TowerConfig, vision: VisionConfig, data: dict, *, seed: int = 0, model_args: dict | None = None,
+    trainer_args: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Stage 0 with ``tower.objective``; trainer_args are the cells' Trainer arguments (hardware, precision)."""
+    trainer_args = trainer_args or {}
+    log.info("stage 0 (%s objective): training the shared vision tower -> %s", tower.objective, tower.checkpoint)
+    start = time.perf_counter()
+    if tower.objective == "dense":
+        hardware = {k: v for k, v in trainer_args.items() if k in ("accelerator", "devices", "precision", "deterministic")}
+        state, acc = train_dense_tower(vision, data, max_steps=tower.max_steps, lr=tower.lr,
+                                       batch_size=tower.batch_size, seed=seed, trainer_args=hardware)
+        log.info("stage 0 done in %.1fs; held-out per-patch accuracy: %s", time.perf_counter() - start,
+                 ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+        return state
+    if tower.objective != "vqa":
+        raise UserError(f"tower.objective={tower.objective!r} is not allowed; use one of {', '.join(OBJECTIVES)}")
+    keep = {k: v for k, v in trainer_args.items() if k not in ("max_steps", "max_epochs", "callbacks")}
+    state = train_vqa_tower(vision, tower.llm, data, max_steps=tower.max_steps, lr=tower.lr, seed=seed,
+                            model_args=model_args, trainer_args=keep)
+    log.info("stage 0 done in %.1fs", time.perf_counter() - start)
+    return state
+
+
+def load_or_train(
+    tower: TowerConfig, vision: VisionConfig, data: dict, *, seed: int = 0, model_args: dict | None = None,
+    trainer_args: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """The shared tower's state dict: pretrained (no stage 0), read from tower.checkpoint, or trained and saved."""
+    if vision.pretrained:  # a pretrained tower (CLIP, SigLIP) is already trained
+        return VisionTower(replace(vision, frozen=True)).state_dict()
+    path = Path(tower.checkpoint)
+    if path.exists():
+        return read_tower(path, vision)
+    if not tower.train_if_missing:
+        raise UserError(f"tower checkpoint {path} does not exist and tower.train_if_missing is false")
+    state = train_tower(tower, vision, data, seed=seed, model_args=model_args, trainer_args=trainer_args)
+    save_tower(path, state, vision)
+    return state

@@ -271,14 +271,6 @@ def test_image_transform_resizes_and_normalises(processor):
     assert torch.allclose(x, -torch.ones_like(x))
 
 
-def test_cached_features_replace_pixels(processor, bench):
-    rows = [dict(bench["train"][i], index=i, vision_features=np.full((2, 64, 8), i, np.float32)) for i in range(3)]
-    for r in rows:
-        del r["image"]
-    batch = processor.collate(rows)
-    assert "pixel_values" not in batch and batch["vision_features"].shape == (3, 2, 64, 8)
-
-
 # --- the DataModule ----------------------------------------------------------------------------------------
 def test_datamodule_loaders(processor, tmp_path):
     dm = VLMDataModule(data_dir=str(tmp_path), batch_size=8, eval_batch_size=16, processor=processor, **SMALL)

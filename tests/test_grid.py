@@ -2,8 +2,10 @@
 
 import csv
 import errno
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 import yaml
 
 from lit_vlm.errors import UserError
-from lit_vlm.grid import COLUMNS, GridConfig, ResultsTable, build_parser, run_grid
+from lit_vlm.grid import COLUMNS, GridConfig, ResultsTable, load_config, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +45,8 @@ def write_config(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-def load(path: Path) -> GridConfig:
-    parser = build_parser()
-    init = parser.instantiate(parser.parse_args(["--config", str(path)]))
-    return GridConfig(**{k: init[k] for k in GridConfig.__dataclass_fields__})
+def load(path: Path, *overrides: str) -> GridConfig:
+    return load_config(str(path), *overrides)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -65,6 +65,13 @@ def test_grid_writes_one_row_per_cell_and_family(tmp_path):
         assert float(row["inference_flops"]) == pytest.approx(2 * n * (q + v), rel=1e-6)
         assert 0.5 < float(row["flops_ratio"]) < 3.0  # attention and the kept lm_head row on top of 2 N (Q + V)
         assert Path(row["checkpoint"]).is_file()
+        # family_loss is LitVLM's test/loss_<family> when it logs one (the cell's own metrics.csv says), else empty
+        with (Path(cfg.out_dir) / "cells" / row["cell"] / "logs" / "version_0" / "metrics.csv").open() as f:
+            logged = f"test/loss_{row['family']}" in next(csv.reader(f))
+        assert math.isfinite(float(row["family_loss"])) if logged else row["family_loss"] == ""
+    # every image the cells saw came from the feature cache: the frozen tower never ran in a cell
+    counts = re.findall(r"feature cache: (\d+) hits, (\d+) misses", (Path(cfg.out_dir) / "grid.log").read_text())
+    assert len(counts) == 4 and all(int(hits) > 0 and misses == "0" for hits, misses in counts)
     # A re-run finds every cell done and trains nothing.
     before = table.stat().st_mtime_ns
     run_grid(cfg)
@@ -172,6 +179,96 @@ def test_only_takes_plain_cell_ids_on_the_command_line(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: --only 'xs-V3-avgpool-s0' is not a cell")
 
 
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    from lit_vlm.__main__ import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "overrides, argv, needles",
+    [
+        ({"model": {"optimzer": {"lr": 0.1}}}, [], ["model", "optimzer"]),  # a nested typo
+        ({"trainer": {**TINY["trainer"], "max_stepz": 3}}, [], ["trainer", "max_stepz"]),
+        ({"data": {**TINY["data"], "num_trian": 8}}, [], ["data", "num_trian"]),
+        ({"llms": {"xs": {"hiden_size": 16}}}, [], ["hiden_size"]),
+        ({}, ["--model.optimizer.lr=abc"], ["model.optimizer.lr", "abc"]),
+        ({}, ["--trainer.max_steps=-5"], ["max_steps", "-5"]),  # Lightning's own check, run before any file
+        ({}, ["--data.families=[maths]"], ["maths"]),
+        ({}, ["--num_threads=0"], ["num_threads=0"]),
+    ],
+)
+def test_config_errors_are_one_line_before_any_file(tmp_path, capsys, overrides, argv, needles):
+    config = write_config(tmp_path, **overrides)
+    code, _, err = run_cli(["grid", "--config", str(config), *argv], capsys)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # no output folder, tower or data
+
+
+def test_dotted_overrides_keep_their_types_and_the_rest_of_the_section(tmp_path):
+    config = write_config(tmp_path)
+    cfg = load(config, "--trainer.max_steps=3", "--model.optimizer.lr=0.5", "--data.num_train=40")
+    assert cfg.trainer["max_steps"] == 3 and cfg.trainer["accelerator"] == "cpu"
+    assert cfg.trainer["enable_progress_bar"] is False  # the rest of the section is the YAML's
+    assert cfg.model["optimizer"]["lr"] == 0.5 and cfg.model["max_new_tokens"] == 3
+    assert cfg.data["num_train"] == 40 and cfg.data["batch_size"] == 16
+
+
+def test_help_shows_the_fields_of_every_section(capsys):
+    code, out, _ = run_cli(["grid", "--help"], capsys)
+    assert code == 0
+    for flag in ("--trainer.max_steps", "--trainer.precision", "--model.optimizer", "--model.stage",
+                 "--data.num_train", "--data.task_options", "--tower.objective", "--lr_width"):
+        assert flag in out, flag
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs" / "grid").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_grid_config_parses_typed(config):
+    from lit_vlm.grid import validate
+
+    cfg = load(config)
+    for section, key in (("model", "optimizer"), ("data", "num_train"), ("trainer", "max_steps")):
+        assert key in getattr(cfg, section)  # complete: every argument of the signature, defaults filled
+    if not cfg.vision.pretrained:  # a hub tower's patch grid needs its checkpoint's config
+        cfg = validate(cfg)
+    assert cfg.llms and cfg.visual_tokens and isinstance(cfg.trainer["max_steps"], int)
+
+
+def test_refused_runs_leave_no_output_folder(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a tensor file")
+    cfg = load(write_config(tmp_path))
+    with pytest.raises(UserError, match="cannot be read as safetensors"):
+        run_grid(replace(cfg, tower=replace(cfg.tower, checkpoint=str(junk))))
+    assert not Path(cfg.out_dir).exists()
+    with pytest.raises(UserError, match="is not a cell of this grid"):
+        run_grid(cfg, only=["xs-V3-avgpool-s0"])
+    assert not Path(cfg.out_dir).exists()
+
+
+def test_run_grid_restores_torch_threads(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr("lit_vlm.grid.run.run_cell", lambda *a: (seen.append(torch.get_num_threads()), ([], ""))[1])
+    cfg = load(write_config(tmp_path, llms={"xs": TINY["llms"]["xs"]}, visual_tokens=[1], num_threads=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run_grid(cfg)
+        assert seen == [1] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_tower_checkpoint_without_feature_statistics_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -236,7 +333,33 @@ def test_committed_table_meets_the_scientific_target():
 
 
 @pytest.mark.skipif(not COMMITTED.exists(), reason="results/cpu_mini has not been committed yet")
-def test_one_committed_cell_reproduces_exactly(tmp_path):
+def test_the_committed_table_loads_and_gains_the_family_loss_column(tmp_path):
+    from lit_vlm.grid import LEGACY_COLUMNS
+
+    path = tmp_path / "results.csv"
+    path.write_bytes(COMMITTED.read_bytes())  # written before family_loss existed
+    table = ResultsTable(path)
+    old = table.rows()
+    assert list(old[0]) == LEGACY_COLUMNS and len(old) == 64
+    table.replace_cell("new", [{**old[0], "cell": "new", "family_loss": "0.5"}])
+    rows = read_rows(path)
+    assert list(rows[0]) == COLUMNS and len(rows) == 65
+    assert all(r["family_loss"] == "" for r in rows[:-1]) and rows[-1]["family_loss"] == "0.5"
+    assert [{k: r[k] for k in LEGACY_COLUMNS} for r in rows[:-1]] == old  # old rows unchanged
+
+
+# How close a re-run of a committed cell must come. The same code on another CPU (other BLAS kernels, another
+# rounding order) follows a slightly different path over 3,000 steps, so bitwise equality only holds on the
+# machine that wrote the table. Accuracy, ANLS and CER: within 0.03, two binomial standard errors of a rate
+# on 1,000 questions (sqrt(0.25 / 1000) = 0.016), so the re-run must be statistically indistinguishable from
+# the committed number; that is far below the effects the table shows (OCR at V=64 over V=1: 0.68 or more).
+# Loss: within 0.01, 20x the gap between the committed seeds 0 and 1 of this cell (0.7351 and 0.7355): a
+# changed loss, data or model moves it by more. Counts that do not depend on training must match exactly.
+RATE_TOLERANCE, LOSS_TOLERANCE = 0.03, 0.01
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="results/cpu_mini has not been committed yet")
+def test_one_committed_cell_reproduces_within_tolerance(tmp_path):
     cfg = load(ROOT / "configs" / "grid" / "cpu_mini.yaml")
     rows = read_rows(COMMITTED)
     cell = min(rows, key=lambda r: (int(r["llm_params"]), int(r["visual_tokens"])))["cell"]
@@ -250,5 +373,10 @@ def test_one_committed_cell_reproduces_exactly(tmp_path):
     table = run_grid(cfg, only=[cell])
     fresh = {r["family"]: r for r in read_rows(table)}
     for committed in (r for r in rows if r["cell"] == cell):
-        for metric in ("accuracy", "anls", "cer", "loss", "llm_params", "inference_flops"):
-            assert fresh[committed["family"]][metric] == committed[metric], (committed["family"], metric)
+        new = fresh[committed["family"]]
+        for metric in ("llm_params", "inference_flops", "examples"):
+            assert new[metric] == committed[metric], (committed["family"], metric)
+        for metric, tolerance in (("accuracy", RATE_TOLERANCE), ("anls", RATE_TOLERANCE), ("cer", RATE_TOLERANCE),
+                                  ("loss", LOSS_TOLERANCE)):
+            a, b = float(new[metric]), float(committed[metric])
+            assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tolerance, (committed["family"], metric, a, b)

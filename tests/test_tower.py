@@ -134,3 +134,26 @@ def test_lr_width_without_raise_only_scales_wider_llms_down():
 def test_bad_stage0_settings(kw, needle):
     with pytest.raises(UserError, match=needle):
         validate(_grid(**kw))
+
+
+def test_tower_checkpoint_round_trip_and_refusals(tmp_path):
+    from lit_vlm.tower import read_tower, save_tower
+
+    state = VisionTower(replace(TINY_VISION, frozen=True)).state_dict()
+    path = tmp_path / "towers" / "tower.safetensors"
+    save_tower(path, state, TINY_VISION)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tower.safetensors"]  # no temporary file left
+    loaded = read_tower(path, TINY_VISION)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    with pytest.raises(UserError, match="another vision config"):
+        read_tower(path, replace(TINY_VISION, hidden_size=32))
+    path.write_bytes(b"not a tensor file")
+    with pytest.raises(UserError, match="cannot be read as safetensors"):
+        read_tower(path, TINY_VISION)
+
+
+def test_stage0_refuses_an_unknown_objective():
+    from lit_vlm.tower import TowerConfig, train_tower
+
+    with pytest.raises(UserError, match="tower.objective='clip'"):
+        train_tower(TowerConfig(objective="clip"), TINY_VISION, {})

@@ -178,16 +178,6 @@ def test_left_and_right_padding_give_the_same_logits(tok):
     torch.testing.assert_close(m(right).loss, m(left).loss, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_features_match_pixels(tok):
-    m = make_vlm(tok, "quecc")
-    b = batch(tok, PROMPTS, ANSWERS)
-    with torch.no_grad():
-        a = m(b).loss
-        b2 = {k: v for k, v in b.items() if k != "pixel_values"}
-        b2["vision_features"] = m.encode_images(b["pixel_values"]).half()  # caches may store half precision
-        torch.testing.assert_close(m(b2).loss, a, atol=5e-3, rtol=5e-3)
-
-
 # --- generation ------------------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,6 @@
 """VLMDataModule: the synthetic benchmark (default), a user's image folder, or hub datasets, as batches.
 
-Images are decoded lazily, per row, when a batch is built. When the grid attaches a feature cache
-(``feature_cache``: split -> memory-mapped array), rows carry the frozen tower's features instead of
-images, and no image is decoded at all.
+Images are decoded lazily, per row, when a batch is built.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import warnings
 from collections import Counter
 
 import lightning as L
-import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from lit_vlm.data.sampler import ResumableSampler
@@ -25,12 +22,10 @@ warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*"
 
 
 class Rows(Dataset):
-    """One split as a torch Dataset of row dicts, with its row index (the feature-cache key)."""
+    """One split as a torch Dataset of row dicts, with its row index."""
 
-    def __init__(self, hf_dataset, features: np.ndarray | None = None):
-        self.features = features
-        # With cached features the image column is never read, so it is never decoded.
-        self.data = hf_dataset.remove_columns("image") if features is not None else hf_dataset
+    def __init__(self, hf_dataset):
+        self.data = hf_dataset
 
     def __len__(self) -> int:
         return len(self.data)
@@ -38,8 +33,6 @@ class Rows(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = dict(self.data[index])
         row["index"] = index
-        if self.features is not None:
-            row["vision_features"] = np.array(self.features[index])  # a copy: the memmap is read-only
         return row
 
 
@@ -98,7 +91,6 @@ class VLMDataModule(L.LightningDataModule):
         self.hub = hub or {}
         self.processor = processor
         self.datasets = None
-        self.feature_cache: dict[str, np.ndarray] | None = None
         self._sampler: ResumableSampler | None = None
         self._resume: dict | None = None
 
@@ -134,8 +126,7 @@ class VLMDataModule(L.LightningDataModule):
     def _rows(self, split: str) -> Rows:
         if split not in self.datasets:
             raise UserError(f"the data has no {split!r} split; it has {', '.join(self.datasets)}")
-        features = self.feature_cache.get(split) if self.feature_cache else None
-        return Rows(self.datasets[split], features)
+        return Rows(self.datasets[split])
 
     # --- loaders -----------------------------------------------------------------------------------------
     def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:

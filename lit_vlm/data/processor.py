@@ -103,8 +103,5 @@ class VLMProcessor:
             batch["answer_lists"] = [list(r["answers"]) for r in rows]  # e.g. VQA's 10 human answers
         if rows[0].get("metric"):
             batch["metrics"] = [r["metric"] for r in rows]  # hub rows name the metric their dataset uses
-        if "vision_features" in rows[0]:
-            batch["vision_features"] = torch.stack([torch.as_tensor(np.asarray(r["vision_features"])) for r in rows])
-        else:
-            batch["pixel_values"] = torch.stack([self.image_to_tensor(r["image"]) for r in rows])
+        batch["pixel_values"] = torch.stack([self.image_to_tensor(r["image"]) for r in rows])
         return batch

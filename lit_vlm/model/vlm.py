@@ -276,7 +276,7 @@ class VLM(nn.Module):
             if question_ids is None:
                 raise ValueError("this compressor is conditioned on the question: pass question_ids")
             query = self.question_query(question_ids, question_mask)
-        features = features.to(self.projector[0].weight.dtype)  # cached features may be stored in half precision
+        features = features.to(self.projector[0].weight.dtype)  # the tower may run in another precision
         tokens, attn = self.compressor(features, query, return_attention=True)
         visual = self.projector(tokens)
         return (visual, attn) if return_attention else visual
@@ -318,14 +318,10 @@ class VLM(nn.Module):
         return out
 
     # --- training / scoring ----------------------------------------------------------------------------------
-    def _features(self, batch: dict) -> torch.Tensor:
-        if batch.get("vision_features") is not None:  # feature cache: the frozen tower already ran
-            return batch["vision_features"]
-        return self.encode_images(batch["pixel_values"])
-
     def forward(self, batch: dict):
         """CausalLMOutputWithPast; `.loss` is set when the batch has labels."""
-        visual = self.visual_embeds(self._features(batch), batch.get("question_ids"), batch.get("question_mask"))
+        visual = self.visual_embeds(self.encode_images(batch["pixel_values"]), batch.get("question_ids"),
+                                    batch.get("question_mask"))
         s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch.get("labels"))
         return self.llm(**s, use_cache=False)
 
@@ -333,7 +329,8 @@ class VLM(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int = 8, use_cache: bool = True) -> torch.Tensor:
         """Greedy answers to the left-padded prompts: [B, max_new_tokens] new tokens, pad after eos."""
-        visual = self.visual_embeds(self._features(batch), batch.get("question_ids"), batch.get("question_mask"))
+        visual = self.visual_embeds(self.encode_images(batch["pixel_values"]), batch.get("question_ids"),
+                                    batch.get("question_mask"))
         s = self.splice(batch["prompt_ids"], batch["prompt_mask"], visual)
         if use_cache:
             # HF returns only the new tokens when given inputs_embeds; we pass our position ids so it cannot

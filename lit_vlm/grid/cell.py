@@ -1,0 +1,102 @@
+"""One cell: train and evaluate one (LLM size, V, compressor, seed) through the same LitVLM as ``fit``, measure
+its inference cost, and return its rows of the results table (one per task family)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+
+from lit_vlm.flops import measure_prefill
+from lit_vlm.grid.cache import FeatureStore, attach
+from lit_vlm.grid.config import Cell, GridConfig, trainer_kwargs
+
+
+def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
+    """cfg.model for this cell: the learning rates scaled by lr_width / hidden size when lr_width is set (never
+    above the given rates with lr_width_raise off)."""
+    args = dict(cfg.model)
+    if cfg.lr_width:
+        from lit_vlm.module import OptimizerConfig
+
+        optim = dict(args.get("optimizer") or {})
+        factor = cfg.lr_width / cfg.llms[cell.llm].hidden_size
+        if not cfg.lr_width_raise:
+            factor = min(factor, 1.0)
+        for key in ("lr", "llm_lr", "vision_lr"):
+            base = optim.get(key, getattr(OptimizerConfig(), key))
+            if base is not None:
+                optim[key] = base * factor
+        args["optimizer"] = optim
+    return args
+
+
+def _round(value: float | None, digits: int = 6) -> float:
+    return round(value, digits) if value is not None else math.nan
+
+
+def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore | None) -> tuple[list[dict], str]:
+    """Train, evaluate and measure one cell (``cfg`` as returned by ``validate``); returns its table rows and
+    a line for grid.log on the feature cache."""
+    from lit_vlm.data.datamodule import VLMDataModule
+    from lit_vlm.module import FAMILIES, LitVLM
+
+    cell_dir = Path(cfg.out_dir) / "cells" / cell.id
+    shutil.rmtree(cell_dir, ignore_errors=True)  # an interrupted cell is redone from scratch
+    L.seed_everything(cell.seed, verbose=False)
+    module = LitVLM(vision=replace(cfg.vision, frozen=True), llm=cfg.llms[cell.llm], compressor=cell.compressor,
+                    visual_tokens=cell.visual_tokens, **cell_model_args(cfg, cell))
+    module.vlm.vision_tower.load_state_dict(tower_state)
+    dm = VLMDataModule(**cfg.data, processor=module.processor)
+    trainer = L.Trainer(default_root_dir=cell_dir, logger=CSVLogger(cell_dir, name="logs"), enable_checkpointing=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs(cfg.trainer))
+    evaluate = trainer.test if cfg.eval_split == "test" else trainer.validate
+    with attach(module.vlm, store) if store is not None else nullcontext() as cached:
+        start = time.perf_counter()
+        trainer.fit(module, dm)
+        train_time = time.perf_counter() - start
+        results = evaluate(module, dm, verbose=False)[0]
+    cache_note = f"feature cache: {cached.hits} hits, {cached.misses} misses" if cached else "no feature cache"
+    ckpt = cell_dir / "final.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=True)  # the real tower is back: loadable without the cache
+
+    loader = dm.test_dataloader() if cfg.eval_split == "test" else dm.val_dataloader()
+    cost = measure_prefill(module.vlm, next(iter(loader)))
+    prefix = "test" if cfg.eval_split == "test" else "val"
+    counts = dm.family_counts(cfg.eval_split)
+    rows = []
+    for family in FAMILIES:
+        if f"{prefix}/{family}/accuracy" not in results:
+            continue
+        rows.append({
+            "cell": cell.id,
+            "llm": cell.llm,
+            "llm_params": int(results["cost/llm_params"]),
+            "llm_params_with_embeddings": int(results["cost/llm_params_with_embeddings"]),
+            "visual_tokens": cell.visual_tokens,
+            "text_tokens": round(results["cost/text_tokens"], 4),
+            "compressor": cell.compressor,
+            "seed": cell.seed,
+            "family": family,
+            "examples": counts.get(family, 0),
+            "accuracy": _round(results[f"{prefix}/{family}/accuracy"]),
+            "anls": _round(results.get(f"{prefix}/{family}/anls")),
+            "cer": _round(results.get(f"{prefix}/{family}/cer")),
+            "loss": _round(results[f"{prefix}/loss"]),
+            # per-token mean over this family's examples, as LitVLM logs it (empty where it logs none)
+            "family_loss": _round(results[f"{prefix}/loss_{family}"]) if f"{prefix}/loss_{family}" in results else "",
+            "inference_flops": results["cost/inference_flops"],
+            "measured_prefill_flops": round(cost.measured_flops),
+            "flops_ratio": round(cost.ratio, 4),
+            "prefill_latency_ms": round(cost.latency_s * 1000, 3),
+            "train_time_s": round(train_time, 2),
+            "train_steps": trainer.global_step,
+            "checkpoint": str(ckpt),
+        })
+    return rows, cache_note

@@ -1,0 +1,68 @@
+"""The results table: one row per cell and task family, changed only by an atomic rename.
+
+README documents each column; the scaling fitter reads the table directly. ``family_loss`` was added after
+results/cpu_mini was committed: a table written before it (``LEGACY_COLUMNS``) still loads, and rows appended
+to it get the new column (empty in the old rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from lit_vlm.errors import UserError
+
+COLUMNS = [
+    "cell", "llm", "llm_params", "llm_params_with_embeddings", "visual_tokens", "text_tokens", "compressor",
+    "seed", "family", "examples", "accuracy", "anls", "cer", "loss", "family_loss", "inference_flops",
+    "measured_prefill_flops", "flops_ratio", "prefill_latency_ms", "train_time_s", "train_steps", "checkpoint",
+]
+LEGACY_COLUMNS = [c for c in COLUMNS if c != "family_loss"]
+
+
+class ResultsTable:
+    """A CSV that only ever changes by an atomic rename, so it is valid whatever kills the process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.exists():
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), None)
+            if header not in (COLUMNS, LEGACY_COLUMNS):
+                raise UserError(
+                    f"{path} has columns {header} but the grid writes {COLUMNS}; refusing to overwrite it: "
+                    "move it away or choose another out_dir"
+                )
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def done(self) -> set[str]:
+        return {row["cell"] for row in self.rows()}
+
+    def replace_cell(self, cell_id: str, new_rows: list[dict]) -> None:
+        """Drop any rows of ``cell_id`` (a --force re-run) and append ``new_rows``, atomically."""
+        rows = [r for r in self.rows() if r["cell"] != cell_id] + new_rows
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".results-", suffix=".csv")
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")  # legacy rows: family_loss empty
+                writer.writeheader()
+                writer.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            if err.errno == errno.ENOSPC:
+                raise UserError(
+                    f"disk full while writing {self.path}; the table is unchanged ({len(rows) - len(new_rows)} rows). "
+                    "Free some space and re-run the same command to resume"
+                ) from None
+            raise
