@@ -38,13 +38,13 @@ from typing import Any
 
 import datasets
 
+from lit_vlm.constants import FAMILIES
 from lit_vlm.errors import UserError
 from lit_vlm.metrics import MultipleChoiceAccuracy, choice_letter  # noqa: F401  (re-exported for hub users)
 from lit_vlm.metrics import metric_for as _metric_by_name
 
 log = logging.getLogger("lit_vlm.hub")
 
-FAMILIES = ("reasoning", "ocr")
 METRICS = ("vqa", "anls", "multiple_choice", "exact")
 SPLITS = ("train", "validation", "test")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_vlm.constants import FAMILIES
 from lit_vlm.errors import UserError
 
-FAMILIES = ("reasoning", "ocr")
 METRICS = ("auto", "score", "accuracy", "anls", "loss")
 PAPER_COLUMNS = ("family", "llm", "llm_params_billion", "visual_tokens", "score")
 GRID_COLUMNS = ("llm", "llm_params", "visual_tokens", "family")
