@@ -7,7 +7,9 @@ offline kit has no pretrained tower, so the quickstart and the grid's stage 0 tr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import lightning as L
@@ -25,7 +27,22 @@ from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch, MultipleChoiceAccur
 from lit_vlm.model.vision import VisionConfig
 from lit_vlm.model.vlm import VLM, LLMConfig
 
-__all__ = ["FAMILIES", "LitVLM", "OptimizerConfig", "warmup_cosine_schedule"]
+__all__ = ["FAMILIES", "LitVLM", "OptimizerConfig", "restoring_weights", "warmup_cosine_schedule"]
+
+# True while a checkpoint's weights are about to be loaded into the module being built: the tower's
+# vision.weights file is then not read (the checkpoint holds those weights), so a checkpoint loads from any
+# working directory even though its hparams keep the (relative) path the tower came from.
+_RESTORING = ContextVar("lit_vlm_restoring_weights", default=False)
+
+
+@contextmanager
+def restoring_weights():
+    """Build LitVLMs inside this block without reading ``vision.weights``: a checkpoint supplies them."""
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 @dataclass
@@ -138,7 +155,8 @@ class LitVLM(L.LightningModule):
         # The module owns the tokenizer and the processor: built once here, handed to the data (VLMDataModule's
         # processor=, linked by the CLI), never rebuilt elsewhere.
         tok = load_tokenizer(tokenizer, trust_remote_code=llm.trust_remote_code)
-        self.vlm = VLM(vision, llm, compressor, visual_tokens, tok, compressor_options)
+        tower_config = replace(vision, weights=None) if _RESTORING.get() else vision
+        self.vlm = VLM(tower_config, llm, compressor, visual_tokens, tok, compressor_options)
         tower = self.vlm.vision_tower
         self.processor = VLMProcessor(
             tok, image_size=tower.image_size, image_mean=tower.image_mean, image_std=tower.image_std,
@@ -151,6 +169,12 @@ class LitVLM(L.LightningModule):
         self.val_loss = nn.ModuleDict({k: TokenMeanLoss() for k in ("all", *FAMILIES)})
         self.test_loss = nn.ModuleDict({k: TokenMeanLoss() for k in ("all", *FAMILIES)})
         self.text_tokens = MeanMetric()
+
+    @classmethod
+    def load_from_checkpoint(cls, *args, **kwargs):
+        """Lightning's loader; the tower's weights come from the checkpoint, not from ``vision.weights``."""
+        with restoring_weights():
+            return super().load_from_checkpoint(*args, **kwargs)
 
     # --- stages and optimisation -------------------------------------------------------------------------
     def _trainable(self) -> dict[str, bool]:

@@ -34,6 +34,7 @@ def trainer(tmp_path, **overrides) -> L.Trainer:
     return L.Trainer(**{**args, **overrides})
 
 
+@pytest.mark.slow
 def test_overfits_one_batch(tmp_path):
     L.seed_everything(0)
     module = tiny_module(optimizer={"lr": 1e-2, "warmup_ratio": 0.0})
@@ -73,6 +74,7 @@ def _fit_and_validate(tmp_path, ckpt_dir=None, max_steps=12, ckpt_path=None):
     return metrics, {k: v.clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_is_exact(tmp_path):
     # 48 examples / batch 8 = 6 batches an epoch: the step-5 checkpoint sits mid-epoch.
     full_metrics, full_state = _fit_and_validate(tmp_path, ckpt_dir=tmp_path / "ckpts")
