@@ -27,7 +27,7 @@ from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch, MultipleChoiceAccur
 from lit_vlm.model.vision import VisionConfig
 from lit_vlm.model.vlm import VLM, LLMConfig
 
-__all__ = ["FAMILIES", "LitVLM", "OptimizerConfig", "restoring_weights", "warmup_cosine_schedule"]
+__all__ = ["FAMILIES", "CompressorOptions", "LitVLM", "OptimizerConfig", "restoring_weights", "warmup_cosine_schedule"]
 
 # True while a checkpoint's weights are about to be loaded into the module being built: the tower's
 # vision.weights file is then not read (the checkpoint holds those weights), so a checkpoint loads from any
@@ -88,6 +88,26 @@ def warmup_cosine_schedule(optimizer, total_steps: int, warmup_ratio: float = 0.
     )
 
 
+@dataclass
+class CompressorOptions:
+    """Extra options of the chosen compressor; unset (None) options keep the compressor's defaults."""
+
+    depth: int | None = None
+    """Layers of the perceiver's cross-attention stack."""
+    num_heads: int | None = None
+    """Attention heads of perceiver, tokenpacker and quecc."""
+    out_dim: int | None = None
+    """Width of the compressor's output tokens (compressors with parameters)."""
+
+
+def _compressor_options(value) -> dict | None:
+    """Only the options that are set, as a plain dict (a dict from Python or a checkpoint passes unchanged:
+    build_compressor names any option the chosen compressor does not take)."""
+    if value is None or isinstance(value, dict):
+        return value
+    return {k: v for k, v in asdict(value).items() if v is not None} or None
+
+
 def _config(cls, value):
     """Accept a dataclass, a dict (from YAML or a checkpoint's hparams) or None (defaults)."""
     if value is None:
@@ -126,7 +146,7 @@ class LitVLM(L.LightningModule):
         llm: LLMConfig | None = None,
         compressor: str = "avgpool",
         visual_tokens: int = 16,
-        compressor_options: dict | None = None,
+        compressor_options: CompressorOptions | None = None,
         tokenizer: str = "synthetic",
         stage: Literal["align", "instruct"] = "instruct",
         optimizer: OptimizerConfig | None = None,
@@ -135,6 +155,7 @@ class LitVLM(L.LightningModule):
         super().__init__()
         vision, llm, optimizer = _config(VisionConfig, vision), _config(LLMConfig, llm), _config(OptimizerConfig, optimizer)
         optimizer.validate()
+        compressor_options = _compressor_options(compressor_options)
         # Plain dicts, so a checkpoint's hparams load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {

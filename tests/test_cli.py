@@ -195,6 +195,11 @@ def test_dotted_overrides_into_the_hub_section_keep_their_types(capsys):
     assert code == 0
     hub = yaml.safe_load(out)["data"]["hub"]
     assert hub["streaming"] is False and hub["max_examples"] == 7
+    code, out, _ = run_cli(["fit", "--config", DEBUG, "--data.task_options.max_shapes=3",
+                            "--model.compressor_options.depth=2", "--print_config"], capsys)
+    config = yaml.safe_load(out)
+    assert code == 0 and config["data"]["task_options"]["max_shapes"] == 3
+    assert config["model"]["compressor_options"]["depth"] == 2
     from lit_vlm.data.datamodule import VLMDataModule
 
     assert VLMDataModule(source="hub", hub={"streaming": False, "train": ["x"]}).hub == {"train": ["x"]}
@@ -213,3 +218,24 @@ def test_out_of_memory_is_one_line_naming_the_knobs(capsys, tmp_path, monkeypatc
     code, _, err = run_cli(["fit", "--config", DEBUG, "--data.data_dir", str(tmp_path / "data")], capsys)
     err = "\n".join(line for line in err.splitlines() if not line.startswith("Saving the dataset"))  # progress
     assert_one_line_error(code, err, "ran out of memory", "data.batch_size (now 16", "model.visual_tokens=4")
+
+
+def test_typed_task_options_cover_every_generator_knob():
+    from dataclasses import fields
+
+    from lit_vlm.data.datamodule import TaskOptions, VLMDataModule
+    from lit_vlm.data.synthetic import DEFAULT_OPTIONS
+
+    assert {f.name for f in fields(TaskOptions)} == set(DEFAULT_OPTIONS)
+    assert VLMDataModule(task_options=TaskOptions(max_shapes=3)).task_options == {"max_shapes": 3}
+    assert VLMDataModule(task_options={"max_shapes": 3}).task_options == {"max_shapes": 3}
+
+
+def test_pickled_objects_in_a_checkpoint_are_refused(capsys, tmp_path, monkeypatch):
+    import collections
+
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "extra": collections.OrderedDict(a=Path("x"))}, evil)  # a pickled class
+    code, _, err = run_cli(["validate", "--config", DEBUG, "--ckpt_path", str(evil)], capsys)
+    assert_one_line_error(code, err, "evil.ckpt", "not a loadable checkpoint")

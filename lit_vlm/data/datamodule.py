@@ -8,7 +8,7 @@ images, and no image is decoded at all.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import lightning as L
 import numpy as np
@@ -50,6 +50,41 @@ class HubConfig:
         """The fields that differ from their defaults (so a config's fingerprint does not change with them)."""
         default = HubConfig()
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+
+@dataclass
+class TaskOptions:
+    """Knobs of the synthetic generator (lit_vlm.data.synthetic.DEFAULT_OPTIONS); unset (None) knobs keep
+    the generator's defaults. Typed, so ``--data.task_options.max_shapes=3`` arrives as an int."""
+
+    colors: list[str] | None = None
+    """Colours the shapes (and the highlighted OCR character) are drawn in."""
+    shapes: list[str] | None = None
+    """Shapes the reasoning scenes use."""
+    max_shapes: int | None = None
+    """Most shapes in one scene."""
+    reasoning_tasks: dict[str, float] | None = None
+    """Reasoning task -> sampling weight."""
+    ocr_tasks: dict[str, float] | None = None
+    """OCR task -> sampling weight."""
+    ocr_alphabet: str | None = None
+    """Characters an OCR string is drawn from."""
+    ocr_length: list[int] | None = None
+    """[min, max] characters per line."""
+    font_sizes: list[int] | None = None
+    """Font sizes at 64 px (scaled with image_size)."""
+    ocr_layout: str | None = None
+    """free, grid or grid_left."""
+    ocr_lines: int | None = None
+    """Lines of text (grid layouts)."""
+    ocr_cell: int | None = None
+    """Grid cell size at 64 px (grid layouts)."""
+
+
+def _task_options(value) -> dict:
+    if value is None or isinstance(value, dict):  # a dict from Python or a grid: the generator checks its keys
+        return dict(value or {})
+    return {k: v for k, v in asdict(value).items() if v is not None}
 
 
 def _hub_config(value) -> HubConfig:
@@ -116,7 +151,7 @@ class VLMDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
-        task_options: dict | None = None,
+        task_options: TaskOptions | None = None,
         hub: HubConfig | None = None,
         processor=None,
     ):
@@ -133,7 +168,7 @@ class VLMDataModule(L.LightningDataModule):
         self.sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
         self.families = list(families)
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.task_options = task_options or {}
+        self.task_options = _task_options(task_options)
         self.hub = _hub_config(hub).as_kwargs()  # a dict also works from Python (and from a grid's YAML)
         self.processor = processor
         self.datasets = None
