@@ -72,7 +72,18 @@ SMOKE_LLM = dict(model_type="llama", hidden_size=64, num_layers=2, num_heads=4, 
 SMOKE_TOWER = dict(model_type="clip_vision_model", image_size=32, patch_size=8, hidden_size=32, num_layers=2,
                    num_heads=4, intermediate_size=64)
 # which GPU each config is written for (for the time estimate at an assumed MFU)
-TARGET_GPU = {"colab_t4": ("T4", 0.25), "one_gpu_80gb": ("H100", 0.30)}
+# The target GPU of each config, named as torch.cuda.get_device_name reports it, and the MFU assumed on it.
+TARGET_GPU = {"colab_t4": ("Tesla T4", 0.25), "one_gpu_80gb": ("NVIDIA H100 80GB HBM3", 0.30)}
+
+
+def peak_flops(device_name: str) -> float:
+    """Dense fp16 peak FLOP/s of a GPU by name, from Lightning's table (get_available_flops), without the GPU."""
+    from unittest import mock
+
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    with mock.patch("torch.cuda.get_device_name", return_value=device_name):
+        return get_available_flops(torch.device("cuda"), torch.float16)
 PROMPT_TOKENS, ANSWER_TOKENS = 48, 8
 
 
@@ -151,10 +162,10 @@ def estimate(cell: dict, counts: dict) -> dict:
         llm_params_no_embed=counts["llm_params_no_embed"], hidden=s["hidden_size"], layers=s["num_layers"],
         vocab=s["vocab"], batch=cell["batch"], seq=seq, llm_trains="lora" if spec.get("lora") else "full",
         gradient_checkpointing=bool(spec.get("gradient_checkpointing")), tower_params=tower_params, patches=patches)
-    name, mfu = TARGET_GPU.get(cell["config"], ("H100", 0.30))
+    name, mfu = TARGET_GPU.get(cell["config"], TARGET_GPU["one_gpu_80gb"])
     return {"est_peak_gib": round(mem.total, 2), "est_memory": {k: round(v, 2) for k, v in mem.as_dict().items()},
             "est_tflop_per_step": round(flops / 1e12, 3), "est_gpu": name, "est_mfu": mfu,
-            "est_step_s": round(flops / (gpu.PEAK_TFLOPS[name] * 1e12 * mfu), 3), "seq": seq}
+            "est_step_s": round(flops / (peak_flops(name) * mfu), 3), "seq": seq}
 
 
 def make_batch(cell: dict, vocab: int, device) -> dict:

@@ -9,6 +9,10 @@ Here the baseline is the full product grid of about one million points, vectoris
 Ours: lit_vlm.scaling.fit_law (variable projection, full multi-start fit; no warm start).
 Timing: median of repeated runs for each (3 for the grid, 50 for ours), after one untimed warm-up each.
 
+Also the question "could the polish be scipy.optimize instead of our damped Gauss-Newton/Newton?": the same
+grid starts and the same profiled objective (NNLS inside), polished by scipy's L-BFGS-B (exact gradient)
+and by scipy's least_squares (trust-region reflective, Kaufman Jacobian), each compared with ours.
+
     python bench/bench_scaling_fit.py            # exits 1 if ours is not >= 100x faster at <= SSE
 """
 
@@ -18,6 +22,8 @@ import time
 import numpy as np
 
 from lit_vlm.scaling import fit_law, load_results
+from lit_vlm.scaling.fit import EXP_MAX, GTOL, _grid_starts, profiled
+from lit_vlm.scaling.laws import get_law
 
 BOX = {"A": (0.2, 0.7, 25), "alpha": (0.0, 0.2, 41), "beta": (0.0, 0.05, 41), "D": (0.0, 0.3, 25)}
 CHUNK = 41  # (alpha, beta) pairs per chunk: 41 * 25 * 25 * 28 floats ~ 5.7 MB per temporary
@@ -48,6 +54,31 @@ def exhaustive_expanded(n, v, y):
     a, d = a_grid[:, None, None, None], d_grid[None, :, None, None]
     sse = a * a * s_bb + 2 * a * d * s_b + len(y) * d * d - 2 * a * s_by - 2 * d * y.sum() + y @ y
     return float(sse.min())
+
+
+def scipy_fit(res, method):
+    """fit_law's starts and profiled objective, polished by scipy.optimize instead of our own loop."""
+    from scipy.optimize import least_squares, minimize
+
+    law = get_law("multiplicative")
+    logn, logv, y = np.log(res.n), np.log(res.v), res.error
+    scale = float(np.sum((y - y.mean()) ** 2))
+    best = np.inf
+    for x0 in _grid_starts(law, logn, logv, y, 3):
+        if method == "L-BFGS-B":
+            out = minimize(lambda x: profiled(law, logn, logv, y, x)[:2], x0, jac=True, method="L-BFGS-B",
+                           bounds=[(0.0, EXP_MAX)] * 2, options={"ftol": 1e-15, "gtol": GTOL * scale})
+            sse = out.fun
+        else:
+            def resid(x):
+                phi = law.columns(x[0], x[1], logn, logv)
+                return y - phi @ profiled(law, logn, logv, y, x)[3]
+
+            out = least_squares(resid, x0, jac=lambda x: -profiled(law, logn, logv, y, x)[2],
+                                bounds=(0.0, EXP_MAX), method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+            sse = float(out.fun @ out.fun)
+        best = min(best, float(sse))
+    return best
 
 
 def median_time(fn, repeats):
@@ -81,6 +112,10 @@ def main() -> int:
         exp_sse, t_exp = median_time(lambda: exhaustive_expanded(res.n, res.v, res.error), 5)
         print(f"  for reference, the same grid with the SSE expanded in (A, D): SSE {exp_sse:.8f}  time "
               f"{t_exp * 1e3:.2f} ms; ours/that = 1/{t_exp / t_ours:.0f}")
+        for method in ("L-BFGS-B", "least_squares"):
+            sse, t = median_time(lambda: scipy_fit(res, method), 50)
+            print(f"  scipy {method:<13} polish: SSE {sse:.8f}  time {t * 1e3:8.2f} ms  "
+                  f"SSE scipy/ours {sse / fit.sse:.6f}  time scipy/ours {t / t_ours:.2f}")
     return 0 if ok else 1
 
 

@@ -69,38 +69,69 @@ def check_checkpoint(path: str) -> None:
 
 
 class VLMCLI(LightningCLI):
-    """LightningCLI with safe checkpoint loading and one-line errors."""
+    """LightningCLI with checked checkpoints, one-line errors, and the model's processor handed to the data.
 
-    def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if "weights_only" in {a.dest for a in parser._actions}:
-            parser.set_defaults(weights_only=True)  # checkpoints hold tensors and plain data only
-        return parser
+    ``oom_knobs``: a dict this CLI fills with the memory knobs of the instantiated run (for explain_oom).
+    """
 
-    def _parse_ckpt_path(self) -> None:
+    def __init__(self, *args, oom_knobs: dict | None = None, **kwargs):
+        self.oom_knobs = {} if oom_knobs is None else oom_knobs
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # One owner: LitVLM builds the tokenizer and processor; the datamodule receives that object.
+        parser.link_arguments("model", "data.processor", compute_fn=lambda model: model.processor, apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt_path:
+        if ckpt_path:  # before Lightning reads its hyperparameters: a bad file is one line, never unpickled
             check_checkpoint(ckpt_path)
-        super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs):
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # e.g. trainer.max_steps=-5
+            raise UserError(f"trainer: {str(err).strip().splitlines()[0]}") from None
+
+    def instantiate_classes(self) -> None:
+        from lit_vlm.module import restoring_weights
+
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].get("ckpt_path"):
+            with restoring_weights():  # the checkpoint holds the tower: vision.weights is not read
+                super().instantiate_classes()
+        else:
+            super().instantiate_classes()
+
+    def after_instantiate_classes(self) -> None:
+        from lit_vlm.gpu import knobs_of
+
+        self.oom_knobs.update(knobs_of(self.trainer, self.model, self.datamodule))
 
 
 def run_lightning(argv: list[str]) -> None:
     import logging
 
     from lit_vlm.data.datamodule import VLMDataModule
+    from lit_vlm.gpu import explain_oom
     from lit_vlm.module import LitVLM
 
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # keep errors to one line
 
-    VLMCLI(
-        LitVLM,
-        VLMDataModule,
-        args=None if argv == sys.argv[1:] else argv,  # from a shell, LightningCLI reads sys.argv itself
-        parser_class=OneLineErrorParser,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-    )
+    with explain_oom() as knobs:  # an out-of-memory crash becomes one line naming the knobs and their values
+        VLMCLI(
+            LitVLM,
+            VLMDataModule,
+            args=None if argv == sys.argv[1:] else argv,  # from a shell, LightningCLI reads sys.argv itself
+            parser_class=OneLineErrorParser,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            oom_knobs=knobs,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

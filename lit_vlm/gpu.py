@@ -10,27 +10,22 @@ overflowed. ``16-true`` (fp16 weights, fp16 optimiser state, no scaler) is refus
 of a weight near 1 is often below fp16's resolution (~1e-3) and is lost, and an activation above 65504 becomes
 inf, then NaN - the classic "loss is NaN after a few hundred steps" on a T4.
 
-The callbacks can be named in a config's ``trainer.callbacks``:
-
-    - class_path: lit_vlm.gpu.PrecisionGuard
-    - class_path: lit_vlm.gpu.NonFiniteLossGuard
+The callbacks that use these checks (PrecisionGuard, NonFiniteLossGuard) live in lit_vlm.callbacks; the CLI
+wraps every run in :func:`explain_oom`.
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from lightning.pytorch.callbacks import Callback
-
 from lit_vlm.errors import UserError
 
 __all__ = [
-    "NonFiniteLossError", "NonFiniteLossGuard", "PrecisionGuard", "check_precision", "choose_precision",
-    "explain_oom", "is_oom", "oom_message", "gpu_supports_bf16", "MemoryEstimate", "estimate_train_memory",
-    "train_step_flops", "PEAK_TFLOPS",
+    "NonFiniteLossError", "check_precision", "choose_precision", "explain_oom", "is_oom", "oom_message",
+    "gpu_supports_bf16", "knobs_of", "nonfinite_advice", "MemoryEstimate", "estimate_train_memory",
+    "train_step_flops",
 ]
 
 # Lightning's precision names (and legacy aliases) -> canonical name
@@ -92,25 +87,8 @@ def check_precision(precision: str | int | None, training: bool = True) -> str:
     return name
 
 
-def _trainer_precision(trainer) -> str:
+def trainer_precision(trainer) -> str:
     return str(getattr(trainer, "precision", "32-true"))
-
-
-class PrecisionGuard(Callback):
-    """At fit start: refuse 16-true, and refuse trainable weights that are not fp32 under mixed precision
-    (GradScaler cannot unscale fp16 gradients; bf16 Adam state loses small updates)."""
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        precision = check_precision(_trainer_precision(trainer), training=True)
-        if precision.endswith("-mixed"):
-            bad = [(n, p.dtype) for n, p in pl_module.named_parameters() if p.requires_grad and p.dtype != torch.float32]
-            if bad:
-                name, dtype = bad[0]
-                raise UserError(
-                    f"{len(bad)} trainable weights are {str(dtype).replace('torch.', '')} (first: {name}) under "
-                    f"trainer.precision={precision}: trainable weights must be float32. Set model.llm.dtype=float32, "
-                    "or keep the half-precision LLM frozen (model.stage=align) or train it through model.llm.lora"
-                )
 
 
 class NonFiniteLossError(UserError):
@@ -125,36 +103,6 @@ def nonfinite_advice(precision: str) -> str:
             "trainer.gradient_clip_val=1.0"
         )
     return "lower model.optimizer.lr, set trainer.gradient_clip_val=1.0, or check the data for empty answers"
-
-
-class NonFiniteLossGuard(Callback):
-    """Stop training with one clear line when the loss is NaN/inf for more than ``patience`` steps in a row.
-
-    With 16-mixed, GradScaler already skips a step whose *gradients* overflow; a non-finite *loss* means the
-    forward pass itself overflowed, which scaling cannot fix, so the run would only waste GPU time.
-    """
-
-    def __init__(self, patience: int = 0):
-        super().__init__()
-        if patience < 0:
-            raise UserError(f"NonFiniteLossGuard patience={patience} must be >= 0")
-        self.patience = patience
-        self.bad_steps = 0
-
-    def check(self, loss, step: int, precision: str) -> None:
-        value = float(loss.detach().float()) if torch.is_tensor(loss) else float(loss)
-        if math.isfinite(value):
-            self.bad_steps = 0
-            return
-        self.bad_steps += 1
-        if self.bad_steps > self.patience:
-            raise NonFiniteLossError(
-                f"train loss is {value} at step {step} with trainer.precision={precision}: "
-                f"{nonfinite_advice(precision)}"
-            )
-
-    def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self.check(loss, trainer.global_step, _trainer_precision(trainer))
 
 
 # --- out of memory ---------------------------------------------------------------------------------------------
@@ -194,9 +142,12 @@ def explain_oom(**current):
 
         with explain_oom(batch_size=16, precision="bf16-mixed", gradient_checkpointing=False, lora=None):
             trainer.fit(module, datamodule)
+
+    It yields the dict of knob values, so an entry point can fill it in once the objects exist (the CLI does:
+    ``with explain_oom() as knobs: ... knobs.update(knobs_of(trainer, module, datamodule))``).
     """
     try:
-        yield
+        yield current
     except BaseException as err:  # noqa: BLE001 - only OOM is translated, everything else is re-raised as is
         if not is_oom(err):
             raise
@@ -211,7 +162,7 @@ def knobs_of(trainer=None, module=None, datamodule=None) -> dict:
     if datamodule is not None:
         out["batch_size"] = getattr(datamodule, "batch_size", None)
     if trainer is not None:
-        out["precision"] = _trainer_precision(trainer)
+        out["precision"] = trainer_precision(trainer)
     llm = getattr(getattr(module, "vlm", None), "llm_config", None)
     if llm is not None:
         out |= {"gradient_checkpointing": llm.gradient_checkpointing, "lora": llm.lora, "llm_dtype": llm.dtype}
@@ -222,8 +173,6 @@ def knobs_of(trainer=None, module=None, datamodule=None) -> dict:
 
 
 # --- analytic estimates ----------------------------------------------------------------------------------------
-# Dense peak TFLOP/s of the tensor cores in half precision (vendor data sheets, no sparsity).
-PEAK_TFLOPS = {"T4": 65.0, "L4": 121.0, "A100": 312.0, "H100": 989.0, "H200": 989.0}
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 

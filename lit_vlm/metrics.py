@@ -19,8 +19,8 @@ from torchmetrics.functional.text import edit_distance
 from torchmetrics.text import CharErrorRate
 
 __all__ = [
-    "ANLS", "CharErrorRate", "ExactMatch", "MultipleChoiceAccuracy", "VQAAccuracy", "choice_letter", "metric_for",
-    "normalize_answer", "vqa_normalize",
+    "ANLS", "CharErrorRate", "ExactMatch", "MultipleChoiceAccuracy", "TokenMeanLoss", "VQAAccuracy", "choice_letter",
+    "metric_for", "normalize_answer", "vqa_normalize",
 ]
 
 
@@ -146,3 +146,27 @@ def metric_for(name: str) -> Metric:
 
         raise UserError(f"metric {name!r} is not known; allowed: {', '.join(METRICS)}")
     return METRICS[name]()
+
+
+class TokenMeanLoss(Metric):
+    """Cross-entropy per answer token over a whole split: summed token losses / token count.
+
+    Averaging per-batch means by example count (what ``self.log(loss, batch_size=B)`` does) weights a token of
+    a short answer more than one of a long answer, and the weights change with the batch size; sums do not.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("loss_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, loss_sum: torch.Tensor, tokens: torch.Tensor) -> None:
+        """``loss_sum``: summed token losses of some rows; ``tokens``: how many answer tokens they have."""
+        self.loss_sum += loss_sum.detach().double().sum()
+        self.tokens += tokens.detach().long().sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.loss_sum / self.tokens.clamp_min(1)).float()

@@ -7,23 +7,42 @@ offline kit has no pretrained tower, so the quickstart and the grid's stage 0 tr
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from lit_vlm.constants import FAMILIES
 from lit_vlm.data.processor import VLMProcessor
 from lit_vlm.data.tokenizer import load_tokenizer
+from lit_vlm.errors import UserError
 from lit_vlm.flops import inference_flops
-from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch, MultipleChoiceAccuracy, VQAAccuracy
+from lit_vlm.metrics import ANLS, CharErrorRate, ExactMatch, MultipleChoiceAccuracy, TokenMeanLoss, VQAAccuracy
 from lit_vlm.model.vision import VisionConfig
 from lit_vlm.model.vlm import VLM, LLMConfig
 
-FAMILIES = ("reasoning", "ocr")
+__all__ = ["FAMILIES", "CompressorOptions", "LitVLM", "OptimizerConfig", "restoring_weights", "warmup_cosine_schedule"]
+
+# True while a checkpoint's weights are about to be loaded into the module being built: the tower's
+# vision.weights file is then not read (the checkpoint holds those weights), so a checkpoint loads from any
+# working directory even though its hparams keep the (relative) path the tower came from.
+_RESTORING = ContextVar("lit_vlm_restoring_weights", default=False)
+
+
+@contextmanager
+def restoring_weights():
+    """Build LitVLMs inside this block without reading ``vision.weights``: a checkpoint supplies them."""
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 @dataclass
@@ -42,6 +61,51 @@ class OptimizerConfig:
     """Fraction of the total steps spent in linear warmup (LLaVA uses 3%)."""
     min_lr_ratio: float = 0.0
     """The cosine decays to this fraction of each peak learning rate."""
+
+    def validate(self) -> None:
+        """UserError for a rate or ratio no schedule can use (a negative rate would train uphill)."""
+        for name in ("lr", "llm_lr", "vision_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UserError(f"model.optimizer.{name}={value} must be a positive learning rate")
+        if self.weight_decay < 0:
+            raise UserError(f"model.optimizer.weight_decay={self.weight_decay} must be >= 0")
+        for name in ("warmup_ratio", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise UserError(f"model.optimizer.{name}={value} must lie in [0, 1]")
+
+
+def warmup_cosine_schedule(optimizer, total_steps: int, warmup_ratio: float = 0.03, min_lr_ratio: float = 0.0):
+    """Linear warmup over ``warmup_ratio`` of the steps, then a cosine to ``min_lr_ratio`` of each group's peak.
+
+    transformers' own schedule (the one LLaVA's training scripts use through the HF Trainer), stepped per
+    optimiser step. The only LR schedule in the kit: stage 0 of the grid can use it too.
+    """
+    total = max(1, int(total_steps))
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(warmup_ratio * total), num_training_steps=total, min_lr_rate=min_lr_ratio
+    )
+
+
+@dataclass
+class CompressorOptions:
+    """Extra options of the chosen compressor; unset (None) options keep the compressor's defaults."""
+
+    depth: int | None = None
+    """Layers of the perceiver's cross-attention stack."""
+    num_heads: int | None = None
+    """Attention heads of perceiver, tokenpacker and quecc."""
+    out_dim: int | None = None
+    """Width of the compressor's output tokens (compressors with parameters)."""
+
+
+def _compressor_options(value) -> dict | None:
+    """Only the options that are set, as a plain dict (a dict from Python or a checkpoint passes unchanged:
+    build_compressor names any option the chosen compressor does not take)."""
+    if value is None or isinstance(value, dict):
+        return value
+    return {k: v for k, v in asdict(value).items() if v is not None} or None
 
 
 def _config(cls, value):
@@ -82,7 +146,7 @@ class LitVLM(L.LightningModule):
         llm: LLMConfig | None = None,
         compressor: str = "avgpool",
         visual_tokens: int = 16,
-        compressor_options: dict | None = None,
+        compressor_options: CompressorOptions | None = None,
         tokenizer: str = "synthetic",
         stage: Literal["align", "instruct"] = "instruct",
         optimizer: OptimizerConfig | None = None,
@@ -90,6 +154,8 @@ class LitVLM(L.LightningModule):
     ):
         super().__init__()
         vision, llm, optimizer = _config(VisionConfig, vision), _config(LLMConfig, llm), _config(OptimizerConfig, optimizer)
+        optimizer.validate()
+        compressor_options = _compressor_options(compressor_options)
         # Plain dicts, so a checkpoint's hparams load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -107,14 +173,29 @@ class LitVLM(L.LightningModule):
         self.optim = optimizer
         self.stage = stage
         self.max_new_tokens = max_new_tokens
+        # The module owns the tokenizer and the processor: built once here, handed to the data (VLMDataModule's
+        # processor=, linked by the CLI), never rebuilt elsewhere.
         tok = load_tokenizer(tokenizer, trust_remote_code=llm.trust_remote_code)
-        self.vlm = VLM(vision, llm, compressor, visual_tokens, tok, compressor_options)
+        tower_config = replace(vision, weights=None) if _RESTORING.get() else vision
+        self.vlm = VLM(tower_config, llm, compressor, visual_tokens, tok, compressor_options)
         tower = self.vlm.vision_tower
-        self.processor = VLMProcessor(tok, image_size=tower.image_size, image_mean=tower.image_mean, image_std=tower.image_std)
+        self.processor = VLMProcessor(
+            tok, image_size=tower.image_size, image_mean=tower.image_mean, image_std=tower.image_std,
+            image_processor=tower.image_processor,
+        )
         self._apply_stage()
         self.val_metrics = nn.ModuleDict({f: _family_metrics(f) for f in FAMILIES})
         self.test_metrics = nn.ModuleDict({f: _family_metrics(f) for f in FAMILIES})
+        # Per-token loss over the whole split, overall and per family ("all" is not a family name).
+        self.val_loss = nn.ModuleDict({k: TokenMeanLoss() for k in ("all", *FAMILIES)})
+        self.test_loss = nn.ModuleDict({k: TokenMeanLoss() for k in ("all", *FAMILIES)})
         self.text_tokens = MeanMetric()
+
+    @classmethod
+    def load_from_checkpoint(cls, *args, **kwargs):
+        """Lightning's loader; the tower's weights come from the checkpoint, not from ``vision.weights``."""
+        with restoring_weights():
+            return super().load_from_checkpoint(*args, **kwargs)
 
     # --- stages and optimisation -------------------------------------------------------------------------
     def _trainable(self) -> dict[str, bool]:
@@ -135,17 +216,9 @@ class LitVLM(L.LightningModule):
         ]
         groups = [g for g in groups if g["params"]]
         opt = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.optim.warmup_ratio * total)
-        floor = self.optim.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = warmup_cosine_schedule(
+            opt, self.trainer.estimated_stepping_batches, self.optim.warmup_ratio, self.optim.min_lr_ratio
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- steps ---------------------------------------------------------------------------------------------
@@ -162,9 +235,13 @@ class LitVLM(L.LightningModule):
         ids = self.vlm.generate(batch, max_new_tokens=self.max_new_tokens)
         return self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
-    def _eval_step(self, batch: dict, split: str, metrics: nn.ModuleDict) -> None:
-        size = len(batch["answers"])
-        self.log(f"{split}/loss", self.vlm(batch).loss, batch_size=size, prog_bar=split == "val")
+    def _eval_step(self, batch: dict, split: str, metrics: nn.ModuleDict, losses: nn.ModuleDict) -> None:
+        loss_sum, tokens = self.vlm.token_losses(batch)
+        losses["all"].update(loss_sum, tokens)
+        for family in FAMILIES:
+            rows = [i for i, f in enumerate(batch["families"]) if f == family]
+            if rows:
+                losses[family].update(loss_sum[rows], tokens[rows])
         preds = self.generate_answers(batch)
         for family in FAMILIES:
             for name, rows in self._rows_by_metric(batch, family).items():
@@ -186,7 +263,12 @@ class LitVLM(L.LightningModule):
                 routed.setdefault(names[batch.get("metrics", [None] * (i + 1))[i]], []).append(i)
         return routed
 
-    def _eval_epoch_end(self, split: str, metrics: nn.ModuleDict) -> None:
+    def _eval_epoch_end(self, split: str, metrics: nn.ModuleDict, losses: nn.ModuleDict) -> None:
+        for key, metric in losses.items():
+            if metric.update_count:
+                name = f"{split}/loss" if key == "all" else f"{split}/loss_{key}"
+                self.log(name, metric.compute(), prog_bar=key == "all" and split == "val")
+            metric.reset()
         for family in FAMILIES:
             for name, metric in metrics[family].items():
                 if metric.update_count:  # a family or metric that saw no row logs nothing
@@ -209,16 +291,16 @@ class LitVLM(L.LightningModule):
         }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics)
+        self._eval_step(batch, "val", self.val_metrics, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val", self.val_metrics)
+        self._eval_epoch_end("val", self.val_metrics, self.val_loss)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics)
+        self._eval_step(batch, "test", self.test_metrics, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test", self.test_metrics)
+        self._eval_epoch_end("test", self.test_metrics, self.test_loss)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         preds = self.generate_answers(batch)

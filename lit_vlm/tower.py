@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -96,15 +95,11 @@ class DenseTowerModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
+        from lit_vlm.module import warmup_cosine_schedule  # the kit's one LR schedule
+
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01)
-        warmup = max(1, self.max_steps // 20)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, self.max_steps - warmup))))
-
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
+        scheduler = warmup_cosine_schedule(opt, self.max_steps, warmup_ratio=0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def labelled_images(split: str, n: int, *, tower: VisionTower, data: dict) -> TensorDataset:

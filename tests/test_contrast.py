@@ -70,3 +70,18 @@ def test_bad_tables(tmp_path):
         w.writerows(rows)
     with pytest.raises(UserError, match="has no rows for family 'ocr'"):
         contrast_checks(only)
+
+
+def test_a_size_without_a_reasoning_cell_at_the_smallest_v_is_one_line(tmp_path, capsys):
+    path = write(tmp_path / "r.csv", paper_like)
+    rows = [r for r in csv.DictReader(path.open())
+            if not (r["family"] == "reasoning" and r["llm"] == "10000" and r["visual_tokens"] == "1")]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(UserError, match="N=10000 lacks a reasoning cell at V=1"):
+        contrast_checks(path)
+    assert main(["contrast", "--results", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "N=10000 lacks a reasoning cell" in err

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from lit_vlm import gpu
+from lit_vlm import callbacks, gpu
 from lit_vlm.errors import UserError
 from lit_vlm.model.vision import VisionConfig
 from lit_vlm.model.vlm import IMAGE_TOKEN, VLM, LLMConfig
@@ -80,11 +80,11 @@ def test_precision_refusals(monkeypatch):
 def test_precision_guard_refuses_half_trainable_weights():
     module = nn.Linear(2, 2).half()
     with pytest.raises(UserError, match="trainable weights are float16.*model.llm.dtype=float32"):
-        gpu.PrecisionGuard().on_fit_start(SimpleNamespace(precision="16-mixed"), module)
+        callbacks.PrecisionGuard().on_fit_start(SimpleNamespace(precision="16-mixed"), module)
     module.requires_grad_(False)  # frozen half weights are fine
-    gpu.PrecisionGuard().on_fit_start(SimpleNamespace(precision="16-mixed"), module)
+    callbacks.PrecisionGuard().on_fit_start(SimpleNamespace(precision="16-mixed"), module)
     with pytest.raises(UserError, match="16-true cannot train"):
-        gpu.PrecisionGuard().on_fit_start(SimpleNamespace(precision="16-true"), nn.Linear(2, 2))
+        callbacks.PrecisionGuard().on_fit_start(SimpleNamespace(precision="16-true"), nn.Linear(2, 2))
 
 
 # --- NaN / inf loss --------------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ class Blows(L.LightningModule):
 
 
 def test_nonfinite_loss_stops_training_with_the_knob(tmp_path):
-    guard = gpu.NonFiniteLossGuard()
+    guard = callbacks.NonFiniteLossGuard()
     trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[guard],
                         default_root_dir=tmp_path)
@@ -117,7 +117,7 @@ def test_nonfinite_loss_stops_training_with_the_knob(tmp_path):
 
 
 def test_nonfinite_advice_names_fp16_knobs():
-    guard = gpu.NonFiniteLossGuard(patience=1)
+    guard = callbacks.NonFiniteLossGuard(patience=1)
     guard.check(torch.tensor(float("inf")), 7, "16-mixed")  # one bad step is tolerated
     guard.check(torch.tensor(1.0), 8, "16-mixed")  # and a good one resets the count
     guard.check(torch.tensor(float("inf")), 9, "16-mixed")

@@ -61,14 +61,26 @@ def test_grid_runner_table_is_normalised_and_seeds_are_averaged(tmp_path):
 
 
 def test_grid_runner_metric_defaults_to_accuracy_and_loss_is_opt_in(tmp_path):
-    # The grid's loss column pools both families, so 'auto' fits 1 - accuracy (the paper's error).
+    # The grid's loss column pools both families, so 'auto' fits 1 - accuracy (the paper's error) and
+    # 'loss' fits family_loss, each family's own per-token test loss.
+    rows = grid_rows() + grid_rows(family="ocr")
+    for r in rows:
+        r["loss"] = "9.0"
+        r["family_loss"] = "1.5" if r["family"] == "reasoning" else "2.5"
+    path = write(tmp_path / "g.csv", rows, COLUMNS + ["loss", "family_loss"])
+    assert load_results(path, "reasoning").target == "1 - accuracy"
+    res = load_results(path, "reasoning", metric="loss")
+    assert res.target == "loss" and np.all(res.error == 1.5)
+    assert np.all(load_results(path, "ocr", metric="loss").error == 2.5)
+
+
+def test_loss_metric_without_a_family_loss_column_is_one_clear_error(tmp_path):
     rows = grid_rows()
     for r in rows:
         r["loss"] = "1.5"
     path = write(tmp_path / "g.csv", rows, COLUMNS + ["loss"])
-    assert load_results(path, "reasoning").target == "1 - accuracy"
-    res = load_results(path, "reasoning", metric="loss")
-    assert res.target == "loss" and np.all(res.error == 1.5)
+    with pytest.raises(UserError, match="has no family_loss column .* fit --metric accuracy"):
+        load_results(path, "reasoning", metric="loss")
 
 
 def test_compressor_choice(tmp_path):

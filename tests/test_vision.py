@@ -98,3 +98,25 @@ def test_save_pretrained_loads_back_by_path(tmp_path, model_type):
 def test_bad_configs_raise_user_error(kw, match):
     with pytest.raises(UserError, match=match):
         tower(**kw)
+
+
+def test_a_pretrained_tower_uses_its_own_image_processor(tmp_path):
+    """A checkpoint that ships an image processor: the tower exposes it (AutoImageProcessor) and the VLM's
+    processor transforms images with it; a checkpoint without one keeps the kit's transform."""
+    import numpy as np
+    import transformers
+    from PIL import Image
+
+    from lit_vlm.data.processor import VLMProcessor
+    from lit_vlm.data.tokenizer import build_synthetic_tokenizer
+
+    tower("clip_vision_model").model.save_pretrained(tmp_path)
+    reference = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    reference.save_pretrained(tmp_path)
+    loaded = VisionTower(VisionConfig(pretrained=str(tmp_path)))
+    assert loaded.image_processor is not None and loaded.image_processor.crop_size == {"height": 32, "width": 32}
+    processor = VLMProcessor(build_synthetic_tokenizer(), image_size=32, image_processor=loaded.image_processor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    expected = reference(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(processor.image_to_tensor(image), expected)
+    assert tower("siglip_vision_model").image_processor is None  # built from sizes: the kit's own transform

@@ -202,7 +202,7 @@ L.seed_everything(0, verbose=False)
 module = LitVLM(vision={**VISION, "feature_layers": LEVELS, "frozen": False}, llm=LLM, compressor="quecc",
                 visual_tokens=4, optimizer={"lr": 2e-3})
 data = VLMDataModule(data_dir=str(WORK / "data"), num_train=NUM_TRAIN, num_val=16, num_test=64,
-                     batch_size=32, eval_batch_size=64, task_options=TASK_OPTIONS)
+                     batch_size=32, eval_batch_size=64, task_options=TASK_OPTIONS, processor=module.processor)
 trainer = L.Trainer(accelerator=ACCELERATOR, max_steps=QUECC_STEPS, logger=False, enable_checkpointing=False,
                     enable_model_summary=False, enable_progress_bar=not SMOKE, limit_val_batches=0,
                     default_root_dir=str(WORK / "quecc02"))

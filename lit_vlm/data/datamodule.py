@@ -5,20 +5,96 @@ Images are decoded lazily, per row, when a batch is built.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from lit_vlm.data.sampler import ResumableSampler
-from lit_vlm.data.synthetic import FAMILIES, build_synthetic_benchmark, load_image_folder
+from lit_vlm.data.sampler import ResumableLoader, ResumableSampler
+from lit_vlm.constants import FAMILIES
+from lit_vlm.data.synthetic import build_synthetic_benchmark, load_image_folder
 from lit_vlm.errors import UserError
 
 SOURCES = ("synthetic", "folder", "hub")
 
-# Our loader *is* resumable, through the datamodule's state_dict below; Lightning only checks the DataLoader.
-warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+@dataclass
+class HubConfig:
+    """Hub datasets for source "hub": the arguments of lit_vlm.data.hub.load_hub_mix, typed so that a dotted
+    override (``--data.hub.streaming=false``) arrives as the field's type, not as a string."""
+
+    train: list[str | dict] = field(default_factory=list)
+    """Training sets: registry names ("textvqa:train" picks the source split) or spec mappings."""
+    val: list[str | dict] = field(default_factory=list)
+    """Validation sets, as train."""
+    test: list[str | dict] = field(default_factory=list)
+    """Test sets, as train."""
+    max_examples: int | dict | None = None
+    """Rows per data set: an int, or a dict keyed by entry and/or by split (the entry wins); None: all."""
+    streaming: bool = False
+    """Stream the sets instead of downloading them whole."""
+    data_files: dict | None = None
+    """Entry -> local files (and "<entry>/images" -> image files), instead of the hub."""
+    seed: int | None = None
+    """Seed of the subset draw."""
+    on_bad_image: str | None = None
+    """What to do with an undecodable image (see load_hub_mix)."""
+    cache_dir: str | None = None
+    """The datasets cache folder."""
+    shuffle_buffer: int | None = None
+    """Streaming only: rows in the seeded shuffle buffer; None sizes it from the rows asked for
+    (lit_vlm.data.hub.shuffle_buffer_for)."""
+
+    def as_kwargs(self) -> dict:
+        """The fields that differ from their defaults (so a config's fingerprint does not change with them)."""
+        default = HubConfig()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+
+@dataclass
+class TaskOptions:
+    """Knobs of the synthetic generator (lit_vlm.data.synthetic.DEFAULT_OPTIONS); unset (None) knobs keep
+    the generator's defaults. Typed, so ``--data.task_options.max_shapes=3`` arrives as an int."""
+
+    colors: list[str] | None = None
+    """Colours the shapes (and the highlighted OCR character) are drawn in."""
+    shapes: list[str] | None = None
+    """Shapes the reasoning scenes use."""
+    max_shapes: int | None = None
+    """Most shapes in one scene."""
+    reasoning_tasks: dict[str, float] | None = None
+    """Reasoning task -> sampling weight."""
+    ocr_tasks: dict[str, float] | None = None
+    """OCR task -> sampling weight."""
+    ocr_alphabet: str | None = None
+    """Characters an OCR string is drawn from."""
+    ocr_length: list[int] | None = None
+    """[min, max] characters per line."""
+    font_sizes: list[int] | None = None
+    """Font sizes at 64 px (scaled with image_size)."""
+    ocr_layout: str | None = None
+    """free, grid or grid_left."""
+    ocr_lines: int | None = None
+    """Lines of text (grid layouts)."""
+    ocr_cell: int | None = None
+    """Grid cell size at 64 px (grid layouts)."""
+
+
+def _task_options(value) -> dict:
+    if value is None or isinstance(value, dict):  # a dict from Python or a grid: the generator checks its keys
+        return dict(value or {})
+    return {k: v for k, v in asdict(value).items() if v is not None}
+
+
+def _hub_config(value) -> HubConfig:
+    if value is None or isinstance(value, HubConfig):
+        return value or HubConfig()
+    names = {f.name for f in fields(HubConfig)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise UserError(f"data.hub has unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
+    return HubConfig(**value)
 
 
 class Rows(Dataset):
@@ -54,7 +130,8 @@ class VLMDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         task_options: Knobs of the synthetic generator (see lit_vlm.data.synthetic.DEFAULT_OPTIONS).
         hub: For source "hub": arguments of lit_vlm.data.hub.load_hub_mix (dataset names, subset sizes).
-        processor: Python API only: the VLMProcessor; when None it is taken from the LightningModule.
+        processor: The VLMProcessor of the model (LitVLM.processor), which owns the tokenizer and the image
+            transform. The CLI hands it over; from Python pass ``processor=module.processor``.
     """
 
     def __init__(
@@ -70,8 +147,8 @@ class VLMDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
-        task_options: dict | None = None,
-        hub: dict | None = None,
+        task_options: TaskOptions | None = None,
+        hub: HubConfig | None = None,
         processor=None,
     ):
         super().__init__()
@@ -87,12 +164,10 @@ class VLMDataModule(L.LightningDataModule):
         self.sizes = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
         self.families = list(families)
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.task_options = task_options or {}
-        self.hub = hub or {}
+        self.task_options = _task_options(task_options)
+        self.hub = _hub_config(hub).as_kwargs()  # a dict also works from Python (and from a grid's YAML)
         self.processor = processor
         self.datasets = None
-        self._sampler: ResumableSampler | None = None
-        self._resume: dict | None = None
 
     # --- data --------------------------------------------------------------------------------------------
     def _load(self):
@@ -114,9 +189,7 @@ class VLMDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:
-            if self.trainer is None:
-                raise RuntimeError("VLMDataModule needs a processor: pass processor= or attach it to a Trainer")
-            self.processor = self.trainer.lightning_module.processor
+            raise UserError("VLMDataModule needs the model's processor: VLMDataModule(..., processor=module.processor)")
         if self.datasets is None:
             self.datasets = self._load()
 
@@ -129,24 +202,17 @@ class VLMDataModule(L.LightningDataModule):
         return Rows(self.datasets[split])
 
     # --- loaders -----------------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
-        return DataLoader(
-            self._rows(split),
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            collate_fn=self.processor.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _workers(self) -> dict:
+        return {"collate_fn": self.processor.collate, "num_workers": self.num_workers,
+                "persistent_workers": self.num_workers > 0}
 
-    def train_dataloader(self) -> DataLoader:
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
+        return DataLoader(self._rows(split), batch_size=batch_size, shuffle=False, **self._workers())
+
+    def train_dataloader(self) -> ResumableLoader:
         rows = self._rows("train")
-        self._sampler = ResumableSampler(len(rows), self.seed, self.batch_size)
-        if self._resume:
-            self._sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
-            self._resume = None
-        return self._loader("train", self.batch_size, self._sampler)
+        sampler = ResumableSampler(len(rows), self.seed, self.batch_size)
+        return ResumableLoader(rows, batch_size=self.batch_size, sampler=sampler, **self._workers())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.eval_batch_size)
@@ -156,14 +222,3 @@ class VLMDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size)
-
-    # --- exact resume: Lightning stores this in checkpoints ---------------------------------------------------
-    def state_dict(self) -> dict:
-        if self.trainer is None or self._sampler is None:
-            return {}
-        # 'processed' counts the batch whose end triggered this checkpoint; Lightning resumes after it.
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume = state or None

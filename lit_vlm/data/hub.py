@@ -41,6 +41,7 @@ from typing import Any
 
 import datasets
 
+from lit_vlm.constants import FAMILIES
 from lit_vlm.errors import UserError
 from lit_vlm.metrics import MultipleChoiceAccuracy, choice_letter  # noqa: F401  (re-exported for hub users)
 from lit_vlm.metrics import metric_for as _metric_by_name
@@ -68,7 +69,6 @@ def check_datasets_version(version: str = datasets.__version__) -> None:
 
 check_datasets_version()
 
-FAMILIES = ("reasoning", "ocr")
 METRICS = ("vqa", "anls", "multiple_choice", "exact")
 SPLITS = ("train", "validation", "test")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -54,8 +54,10 @@ class VLMProcessor:
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         max_answer_tokens: int = 32,
+        image_processor=None,
     ):
         self.tokenizer = tokenizer
+        self.image_processor = image_processor  # a pretrained tower's AutoImageProcessor replaces our transform
         self.image_size = image_size
         self.mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(image_std, dtype=np.float32).reshape(3, 1, 1)
@@ -69,7 +71,11 @@ class VLMProcessor:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def image_to_tensor(self, image) -> torch.Tensor:
-        """PIL (or array) -> normalised float tensor [3, H, W] at the tower's resolution (no torchvision)."""
+        """PIL (or array) -> normalised float tensor [3, H, W] at the tower's resolution."""
+        if self.image_processor is not None:
+            if not isinstance(image, Image.Image):
+                image = Image.fromarray(np.asarray(image))
+            return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0].float()
         return image_to_tensor(image, self.image_size, self.mean, self.std)
 
     def _ids(self, texts: list[str]) -> list[list[int]]:

@@ -68,12 +68,12 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFont
 
+from lit_vlm.constants import FAMILIES
 from lit_vlm.errors import UserError
 
 # Bump whenever drawing or question logic changes: it invalidates every cached dataset.
 GENERATOR_VERSION = 1
 
-FAMILIES = ("reasoning", "ocr")
 SPLITS = ("train", "validation", "test")
 
 # Superset of what the generator may draw; options pick a subset. The tokenizer's vocabulary covers all of it.

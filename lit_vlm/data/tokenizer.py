@@ -14,10 +14,10 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from lit_vlm.constants import IMAGE_TOKEN
 from lit_vlm.data.synthetic import vocabulary
 from lit_vlm.errors import UserError
 
-IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 TEMPLATE_WORDS = ("user", "assistant", ":")
 

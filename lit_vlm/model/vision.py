@@ -20,13 +20,13 @@ from lit_vlm.errors import UserError
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _HALF = (0.5, 0.5, 0.5)
-_FAMILIES = {
+_TOWERS = {
     "siglip_vision_model": ("SiglipVisionConfig", "SiglipVisionModel", 0, _HALF, _HALF),
     "clip_vision_model": ("CLIPVisionConfig", "CLIPVisionModel", 1, _CLIP_MEAN, _CLIP_STD),
     "vit": ("ViTConfig", "ViTModel", 1, _HALF, _HALF),
 }
 # Full dual-encoder checkpoints (e.g. openai/clip-vit-large-patch14-336) load their vision half.
-_CHECKPOINT_TYPES = {"siglip": "siglip_vision_model", "clip": "clip_vision_model", **{k: k for k in _FAMILIES}}
+_CHECKPOINT_TYPES = {"siglip": "siglip_vision_model", "clip": "clip_vision_model", **{k: k for k in _TOWERS}}
 
 
 @dataclass
@@ -62,9 +62,9 @@ class VisionConfig:
     def validate(self) -> None:
         """Raise UserError for a configuration that cannot be built (sizes are checked only without `pretrained`)."""
         if self.pretrained is None:
-            if self.model_type not in _FAMILIES:
+            if self.model_type not in _TOWERS:
                 raise UserError(
-                    f"vision.model_type={self.model_type!r} is not supported; allowed: {', '.join(_FAMILIES)}"
+                    f"vision.model_type={self.model_type!r} is not supported; allowed: {', '.join(_TOWERS)}"
                 )
             for name in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
                 if getattr(self, name) < 1:
@@ -117,6 +117,17 @@ def _read_preprocessor_stats(path: str) -> tuple[tuple[float, ...], tuple[float,
         return None
 
 
+def _load_image_processor(path: str, trust_remote_code: bool):
+    """transformers' AutoImageProcessor of a pretrained tower, or None when the checkpoint has no usable one
+    (no preprocessor_config.json, or one without an image processor type)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 class VisionTower(nn.Module):
     """pixel_values [B, 3, H, W] -> patch features [B, n_levels, P, D], P = grid_side**2, prefix tokens removed."""
 
@@ -126,9 +137,10 @@ class VisionTower(nn.Module):
 
         config.validate()
         self.config = config
+        self.image_processor = None  # a tower built from sizes has none; the kit's VLMProcessor transform applies
         if config.pretrained is None:
             model_type = config.model_type
-            cfg_cls, model_cls = (getattr(transformers, n) for n in _FAMILIES[model_type][:2])
+            cfg_cls, model_cls = (getattr(transformers, n) for n in _TOWERS[model_type][:2])
             hf_config = cfg_cls(
                 image_size=config.image_size,
                 patch_size=config.patch_size,
@@ -141,7 +153,7 @@ class VisionTower(nn.Module):
                 hf_config.vision_use_head = False  # the pooling head is never used by a VLM
             extra = {"add_pooling_layer": False} if model_type == "vit" else {}
             self.model = model_cls(hf_config, **extra)
-            mean, std = _FAMILIES[model_type][3:]
+            mean, std = _TOWERS[model_type][3:]
         else:
             try:
                 hf_config = transformers.AutoConfig.from_pretrained(
@@ -156,14 +168,16 @@ class VisionTower(nn.Module):
                     f"vision.pretrained={config.pretrained!r} is a {hf_config.model_type!r} model; allowed: "
                     f"{', '.join(_CHECKPOINT_TYPES)}"
                 )
-            model_cls = getattr(transformers, _FAMILIES[model_type][1])
+            model_cls = getattr(transformers, _TOWERS[model_type][1])
             extra = {"add_pooling_layer": False} if model_type == "vit" else {}
             # dtype pinned to fp32: v5 defaults to the checkpoint dtype, which would not match our own layers.
             self.model = model_cls.from_pretrained(
                 config.pretrained, dtype=torch.float32, trust_remote_code=config.trust_remote_code, **extra
             )
+            # The checkpoint's own image pipeline (resize, crop, rescale, normalise), when it ships one.
+            self.image_processor = _load_image_processor(config.pretrained, config.trust_remote_code)
             stats = _read_preprocessor_stats(config.pretrained)
-            mean, std = stats if stats is not None else _FAMILIES[model_type][3:]
+            mean, std = stats if stats is not None else _TOWERS[model_type][3:]
         self.model_type = model_type
         self.image_mean, self.image_std = tuple(mean), tuple(std)
 
@@ -227,7 +241,7 @@ class VisionTower(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return _FAMILIES[self.model_type][2]
+        return _TOWERS[self.model_type][2]
 
     # --- behaviour ---------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> VisionTower:

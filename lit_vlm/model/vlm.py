@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lit_vlm.data.tokenizer import IMAGE_TOKEN  # one definition, shared with the processor
+from lit_vlm.constants import IMAGE_TOKEN
 from lit_vlm.errors import UserError
 from lit_vlm.model.compressors import build_compressor
 from lit_vlm.model.vision import VisionConfig, VisionTower
@@ -324,6 +324,20 @@ class VLM(nn.Module):
                                     batch.get("question_mask"))
         s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch.get("labels"))
         return self.llm(**s, use_cache=False)
+
+    def token_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: the summed cross-entropy of its answer tokens and how many there are ([B], [B]).
+
+        ``forward().loss`` is the mean over one batch's tokens; evaluation sums these over a whole split instead.
+        """
+        visual = self.visual_embeds(self._features(batch), batch.get("question_ids"), batch.get("question_mask"))
+        s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch["labels"])
+        labels = s.pop("labels")
+        logits = self.llm(**s, use_cache=False).logits.float()
+        # Position t predicts token t + 1, as in the LLM's own loss.
+        targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+        ce = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        return ce.sum(1), (targets != -100).sum(1)
 
     # --- generation ------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--text-tokens", type=float, default=50.0, help="Q for the frontier and V* (default 50)")
     fit.add_argument("--ocr-ambiguous", default="flat", help="the paper's ambiguous OCR cell: flat | row")
     fit.add_argument("--compressor", default=None, help="which compressor's rows, when the table has several")
-    fit.add_argument("--metric", default="auto", help="auto | accuracy | anls | loss (grid tables; auto = loss "
-                                                      "when present, else accuracy)")
+    fit.add_argument("--metric", default="auto", help="auto | accuracy | anls | loss (grid tables; auto = "
+                     "accuracy, error = 1 - accuracy as in the paper; loss = the family_loss column, the "
+                     "family's per-token test loss)")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     con = sub.add_parser("contrast", help="check the OCR-vs-reasoning contrast on a grid table (prints PASS/FAIL)")
     con.add_argument("--results", required=True, help="a grid-runner results.csv with both families")

@@ -58,6 +58,9 @@ def contrast_checks(path, compressor=None, ocr_gain: float = 0.40, reasoning_gap
     sizes, vs = sorted({n for n, _ in rea}), sorted({v for _, v in rea})
     lines, ok = [], True
     for n in sizes:
+        if (n, vs[0]) not in rea:  # the check compares every size with its own V=min cell
+            raise UserError(f"{path}: N={n} lacks a reasoning cell at V={vs[0]} (the smallest V of the table); "
+                            "every LLM size needs one")
         row = {v: rea[(n, v)] for v in vs if (n, v) in rea}
         best_v = max(row, key=row.get)
         gap = row[best_v] - row[vs[0]]

@@ -5,7 +5,8 @@ Two schemas are understood:
   family, llm, llm_params_billion, visual_tokens, score, note
 - the grid runner's table (lit_vlm/grid.py): one row per cell, family and seed, with columns
   llm, llm_params (raw count, no embeddings), visual_tokens, family, accuracy, and optionally
-  compressor, seed, text_tokens, anls, loss. Other columns are ignored.
+  compressor, seed, text_tokens, anls, loss, family_loss. Other columns are ignored. ``metric="loss"`` fits
+  ``family_loss`` (the family's own per-token test loss); ``loss`` pools both families, so it is never fitted.
 
 Why the csv module and not pandas: an empty cell (a missing measurement, dropped and counted) must stay
 distinguishable from a written "nan" (a broken measurement, refused).
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_vlm.constants import FAMILIES
 from lit_vlm.errors import UserError
 
-FAMILIES = ("reasoning", "ocr")
 METRICS = ("auto", "score", "accuracy", "anls", "loss")
 PAPER_COLUMNS = ("family", "llm", "llm_params_billion", "visual_tokens", "score")
 GRID_COLUMNS = ("llm", "llm_params", "visual_tokens", "family")
@@ -183,7 +184,11 @@ def _from_grid(header, rows, name, family, compressor, metric):
         metric = "accuracy"
     if metric == "score":
         metric = "accuracy"
-    _require(header, (metric,), name)
+    column = "family_loss" if metric == "loss" else metric
+    if column == "family_loss" and column not in header:
+        raise UserError(f"results file {name!r} has no family_loss column (the per-family test loss, written by "
+                        "newer grid runs); re-run the grid, or fit --metric accuracy")
+    _require(header, (column,), name)
     rows = [r for r in rows if r["family"] == family]
     if not rows:
         raise UserError(f"results file {name!r} has no rows for family {family!r}")
@@ -203,11 +208,11 @@ def _from_grid(header, rows, name, family, compressor, metric):
         v = _number(r["visual_tokens"], "visual_tokens", where)
         _check_positive(n, "llm_params", where)
         _check_positive(v, "visual_tokens", where)
-        if r[metric] == "":
+        if r[column] == "":
             missing += 1
             continue
-        val = _number(r[metric], metric, where)
-        _check_cell(val, metric, where, upper)
+        val = _number(r[column], column, where)
+        _check_cell(val, column, where, upper)
         if r.get("text_tokens"):
             q.append(_number(r["text_tokens"], "text_tokens", where))
         _add_cell(by_seed, (r["llm"], v, r.get("seed", "")), (n / 1e9, val), where)
