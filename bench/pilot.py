@@ -19,6 +19,7 @@ status is 1 when a gate fails (each failing gate is printed with its number and 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -70,7 +71,7 @@ def load_pilot(path: Path) -> dict:
 def part_config(grid: dict, *, llms: list[str], visual_tokens: list[int], seeds: list[int],
                 steps_factor: float = 1) -> dict:
     """The grid config of one part: the pilot's grid with fewer cells (and optionally longer training)."""
-    cfg = json.loads(json.dumps(grid))  # deep copy
+    cfg = copy.deepcopy(grid)
     cfg["llms"] = {name: grid["llms"][name] for name in llms}
     cfg["visual_tokens"] = visual_tokens
     cfg["seeds"] = seeds

@@ -173,6 +173,7 @@ def resolve_options(**options: Any) -> dict[str, Any]:
     if cells is not None:
         if opts["ocr_layout"] == "free" or not isinstance(cells, dict) or not cells:
             raise UserError(f"ocr_cells={cells!r}: must be a mapping {{cell px: weight}} and needs a grid ocr_layout")
+        cells = {int(c) if isinstance(c, str) and c.isdigit() else c: w for c, w in cells.items()}  # JSON keys
         bad = [c for c in cells if not isinstance(c, int) or c not in (4, 8, 16, 32, 64)]
         if bad:
             raise UserError(f"ocr_cells: cell size {bad[0]!r} is not allowed; allowed: 4, 8, 16, 32, 64 (px at 64 px)")
