@@ -1,5 +1,5 @@
 """The experiment's pilot: a few cells of a grid that say, before the full grid is paid for, whether the
-scaling law can come out of it. Three gates, written down in the pilot's YAML before anything runs:
+scaling law can come out of it. Up to four gates, written down in the pilot's YAML before anything runs:
 
 1. line       error (1 - accuracy) at one V against N, over the LLM sizes: is log error linear in log N?
               (R^2 of the least-squares line, at least ``min_r2``; and error must fall: slope < 0)
@@ -7,6 +7,8 @@ scaling law can come out of it. Three gates, written down in the pilot's YAML be
               ``max_change``? (if it moves more, the grid measures training time, not capacity)
 3. seeds      one middle cell with several seeds: is the per-run standard deviation of accuracy at most
               ``max_sd``? (if not, neighbouring sizes drown in seed noise)
+4. ocr_v      (optional) OCR error against V at one size: is log error linear in log V (``min_r2``), i.e.
+              describable by the law's V^-beta, rather than one step?
 
     python bench/pilot.py --config configs/pilot/cpu_mini.yaml
 
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lit_vlm.errors import UserError  # noqa: E402
 
-GATES = ("line", "converged", "seeds")
+GATES = ("line", "converged", "seeds", "ocr_v")
 
 
 def load_pilot(path: Path) -> dict:
@@ -102,20 +104,33 @@ def _acc(rows: list[dict], family: str, **match) -> dict[str, float]:
             if r["family"] == family and all(str(r[k]) == str(v) for k, v in match.items())}
 
 
+def _loglog(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(R^2, slope) of the least-squares line of log error against log x."""
+    x = [math.log(a) for a, _ in points]
+    y = [math.log(max(e, 1e-6)) for _, e in points]
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    resid = sum((b - my - slope * (a - mx)) ** 2 for a, b in zip(x, y))
+    total = sum((b - my) ** 2 for b in y)
+    return (1 - resid / total if total > 0 else 0.0), slope
+
+
 def gate_line(rows: list[dict], family: str, spec: dict) -> dict:
     points = sorted((int(r["llm_params"]), 1 - float(r["accuracy"])) for r in rows
                     if r["family"] == family and int(r["visual_tokens"]) == spec["visual_tokens"])
-    x = [math.log(n) for n, _ in points]
-    y = [math.log(max(e, 1e-6)) for _, e in points]
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxx = sum((a - mx) ** 2 for a in x)
-    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx
-    resid = sum((b - my - slope * (a - mx)) ** 2 for a, b in zip(x, y))
-    total = sum((b - my) ** 2 for b in y)
-    r2 = 1 - resid / total if total > 0 else 0.0
+    r2, slope = _loglog(points)
     ok = r2 >= spec["min_r2"] and slope < 0
     return {"pass": ok, "r2": round(r2, 4), "slope": round(slope, 4), "bound": f"R^2 >= {spec['min_r2']} and slope < 0",
             "points": [{"llm_params": n, "error": round(e, 4)} for n, e in points]}
+
+
+def gate_ocr_v(rows: list[dict], spec: dict) -> dict:
+    """OCR error against V at one size: must fall along a power law (graded OCR), not in one step."""
+    points = sorted((int(r["visual_tokens"]), 1 - float(r["accuracy"])) for r in rows if r["family"] == "ocr")
+    r2, slope = _loglog(points)
+    ok = r2 >= spec["min_r2"] and slope < 0
+    return {"pass": ok, "r2": round(r2, 4), "slope": round(slope, 4), "bound": f"R^2 >= {spec['min_r2']} and slope < 0",
+            "points": [{"visual_tokens": v, "error": round(e, 4)} for v, e in points]}
 
 
 def gate_converged(base: dict[str, float], longer: dict[str, float], spec: dict) -> dict:
@@ -161,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_part("seeds", part_config(grid, llms=[s["llm"]], visual_tokens=[s["visual_tokens"]],
                                                  seeds=s["seeds"]), out)
             verdict["gates"]["seeds"] = gate_seeds(_acc(rows, family), s)
+        if "ocr_v" in spec:
+            s = spec["ocr_v"]
+            rows = run_part("ocr_v", part_config(grid, llms=[s["llm"]], visual_tokens=s["visual_tokens"],
+                                                 seeds=[s.get("seed", 0)]), out)
+            verdict["gates"]["ocr_v"] = gate_ocr_v(rows, s)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

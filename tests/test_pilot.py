@@ -83,3 +83,13 @@ def test_part_config_keeps_the_grid_exact():
     again = yaml.safe_load(yaml.safe_dump(cfg, sort_keys=False))  # as run_part writes it
     assert again["data"] == grid["data"] and list(again["data"]["task_options"]["ocr_cells"]) == [64, 32, 16, 8]
     assert grid["llms"].keys() != cfg["llms"].keys()  # the grid itself is not modified
+
+
+def test_ocr_v_gate_tells_a_power_law_from_a_step():
+    def rows(errors):
+        return [{"cell": f"v{v}", "visual_tokens": v, "family": "ocr", "accuracy": 1 - e} for v, e in errors.items()]
+
+    graded = {1: 0.8, 4: 0.4, 16: 0.2, 64: 0.1}
+    assert pilot.gate_ocr_v(rows(graded), {"min_r2": 0.95})["pass"]
+    step = {1: 0.85, 4: 0.86, 16: 0.8, 64: 0.01}  # cpu_mini's OCR: nothing until V = 64
+    assert not pilot.gate_ocr_v(rows(step), {"min_r2": 0.95})["pass"]
