@@ -52,9 +52,42 @@ def test_grid_layout_puts_one_character_per_patch_cell():
         assert not ink[r * 8 : r * 8 + 8, c * 8 : c * 8 + 8].any()  # no glyph spills into a neighbour
 
 
+GRADED = GRID_OCR | {"ocr_cells": {64: 1, 32: 1, 16: 1, 8: 1}, "ocr_tasks": {"highlight": 1}}
+
+
+def test_graded_ocr_labels_every_patch_a_character_covers():
+    seen = set()
+    for index in range(1, 80, 2):
+        image, labels = synthetic.draw_with_patch_labels("train", index, grid_side=8, **GRADED)
+        row = synthetic.draw_example("train", index, **GRADED)
+        chars = labels["char"].reshape(8, 8)
+        n = int((chars > 0).sum())
+        seen.add(int(labels["highlight"].sum()))
+        # patches labelled: 2 lines x 8 characters of 8 px (one patch each), 2 x 4 of 16 px (4 patches each),
+        # 2 x 2 of 32 px (16 each) or one 64 px character (all 64)
+        assert n == {1: 16, 4: 32, 16: 64, 64: 64}[int(labels["highlight"].sum())]
+        marked = np.nonzero(labels["highlight"])[0]
+        assert len({int(labels["char"][m]) for m in marked}) == 1  # the highlight covers one character
+        assert "ACEHKNPTX4"[labels["char"][marked[0]] - 1] == row["answer"]
+        side = int(round(len(marked) ** 0.5))
+        rows, cols = np.unravel_index(marked, (8, 8))
+        assert rows.max() - rows.min() + 1 == side and cols.max() - cols.min() + 1 == side  # a square block
+    assert seen == {1, 4, 16, 64}  # every size drawn
+
+
+def test_graded_ocr_leaves_the_default_benchmark_unchanged():
+    for index in (1, 3, 5):
+        a = synthetic.draw_example("train", index, **GRID_OCR)
+        b = synthetic.draw_example("train", index, **GRID_OCR, ocr_cells=None)
+        assert a["answer"] == b["answer"] and a["image"].tobytes() == b["image"].tobytes()
+
+
 @pytest.mark.parametrize(
     "options, needle",
     [
+        ({"ocr_cells": {8: 1}}, "needs a grid ocr_layout"),
+        ({"ocr_layout": "grid", "ocr_cells": {12: 1}}, "cell size 12 is not allowed"),
+        ({"ocr_layout": "grid", "ocr_cells": {8: -1}}, "weights must be >= 0"),
         ({"ocr_layout": "diagonal"}, "ocr_layout='diagonal'"),
         ({"ocr_lines": 2}, "ocr_lines=2"),  # free layout: one line only
         ({"ocr_layout": "grid", "ocr_lines": 9}, "ocr_lines=9"),

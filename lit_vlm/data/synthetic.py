@@ -41,6 +41,12 @@ Two families (all answers are one word or one character string, so exact match i
   token cannot hold 16 characters. Found by measurement (README, "The benchmark"): with free placement and
   first/last/read questions, tiny from-scratch models did not learn to read within CPU minutes at any V.
 
+  Graded OCR, ``ocr_cells={64: w, 32: w, 16: w, 8: w}`` (grid layouts; used by cpu_law): each image draws
+  its character cell size from these weights and holds as many characters as fit (one 64 px character, 2 x 2
+  of 32 px, 2 lines of 4 at 16 px, 2 lines of 8 at 8 px). A token pooling a k x k patch block holds one whole
+  character only when the characters are at least that large, so an ideal reader of V tokens reads the sizes
+  of at least 64 / sqrt(V) px: its error falls step by step as V grows, not all at once at V = 64.
+
 Every knob is a keyword option (see ``DEFAULT_OPTIONS``), e.g. ``reasoning_tasks={"spatial": 0.5, ...}`` or
 ``ocr_length=(5, 6)``, so the grid experiment can make either family harder or easier.
 
@@ -113,6 +119,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "ocr_layout": "free",
     "ocr_lines": 1,  # lines of text (grid layouts only); each line holds ocr_length characters
     "ocr_cell": 8,  # at 64 px; scaled with image_size; used by ocr_layout="grid"
+    # Graded OCR (grid layouts): {cell px at 64 px: weight}; each image draws its character size from it, so
+    # what V visual tokens can read falls smoothly with V instead of in one step. None: every image uses ocr_cell.
+    "ocr_cells": None,
 }
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
@@ -160,6 +169,16 @@ def resolve_options(**options: Any) -> dict[str, Any]:
     cell = opts["ocr_cell"]
     if not isinstance(cell, int) or not 4 <= cell <= 32 or 64 // cell < length[1]:
         raise UserError(f"ocr_cell={cell!r}: must be an integer in 4..32 px with 64 // ocr_cell >= max ocr_length")
+    cells = opts["ocr_cells"]
+    if cells is not None:
+        if opts["ocr_layout"] == "free" or not isinstance(cells, dict) or not cells:
+            raise UserError(f"ocr_cells={cells!r}: must be a mapping {{cell px: weight}} and needs a grid ocr_layout")
+        cells = {int(c) if isinstance(c, str) and c.isdigit() else c: w for c, w in cells.items()}  # JSON keys
+        bad = [c for c in cells if not isinstance(c, int) or c not in (4, 8, 16, 32, 64)]
+        if bad:
+            raise UserError(f"ocr_cells: cell size {bad[0]!r} is not allowed; allowed: 4, 8, 16, 32, 64 (px at 64 px)")
+        cells = {int(c): w for c, w in sorted(_weights("ocr_cells", {str(c): w for c, w in cells.items()},
+                                                       tuple(str(c) for c in cells)).items(), key=lambda kv: int(kv[0]))}
     lines = opts["ocr_lines"]
     if not isinstance(lines, int) or not 1 <= lines <= 64 // cell or (lines > 1 and opts["ocr_layout"] == "free"):
         raise UserError(f"ocr_lines={lines!r}: must be an integer in 1..{64 // cell} (above 1 only with a grid ocr_layout)")
@@ -174,6 +193,7 @@ def resolve_options(**options: Any) -> dict[str, Any]:
         "font_sizes": sizes,
         "ocr_layout": opts["ocr_layout"],
         "ocr_cell": cell,
+        "ocr_cells": cells,
         "ocr_lines": lines,
     }
 
@@ -238,7 +258,7 @@ def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0, recor
         cy = (c // 4 + 0.5) * cell + rng.uniform(-jitter, jitter)
         _draw_shape(draw, shape, cx, cy, r, PALETTE[color])
         if record is not None:
-            record.append(("object", (shape, color), cx, cy, False))
+            record.append(("object", (shape, color), cx, cy, False, 0.0))
     return img
 
 
@@ -324,15 +344,21 @@ def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None) -> t
     n = int(rng.integers(lo, hi + 1))
     text = "".join(alphabet[k] for k in rng.integers(len(alphabet), size=n))
     font_size = max(6, round(int(rng.choice(opts["font_sizes"])) * size / 64))
+    cell_px, lines = opts["ocr_cell"], opts["ocr_lines"]
+    if opts["ocr_cells"]:  # graded: this image's character size, its font scaled with it, as many as fit
+        sizes = list(opts["ocr_cells"])
+        cell_px = sizes[int(rng.choice(len(sizes), p=list(opts["ocr_cells"].values())))]
+        per_line = max(1, min(n, 64 // cell_px))
+        text, n, lines = text[:per_line], per_line, max(1, min(lines, 64 // cell_px))
+        font_size = max(6, round(font_size * cell_px / opts["ocr_cell"]))
     font = _font(font_size)
     ascent, descent = font.getmetrics()
     if opts["ocr_layout"] in ("grid", "grid_left"):
         # One character centred in each cell of a grid aligned with the patches: a patch sees one whole
         # character, so what a visual token can read depends only on how many patches it pools.
         # grid_left starts every line at the left margin (only the row varies), grid anywhere.
-        cell = opts["ocr_cell"] * size / 64
-        cols = int(size // cell)
-        lines = opts["ocr_lines"]
+        cell = cell_px * size / 64
+        cols = int(round(size / cell))
         if lines > 1:  # more text in reading order: the extra lines are drawn after the first
             text += "".join(alphabet[k] for k in rng.integers(len(alphabet), size=n * (lines - 1)))
         rows = sorted(int(r) for r in rng.choice(cols, size=lines, replace=False)) if lines > 1 else None
@@ -356,7 +382,8 @@ def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None) -> t
     for k, (ch, xy) in enumerate(zip(text, centres)):
         draw.text(xy, ch, font=font, fill=PALETTE[HIGHLIGHT] if k == marked else ink, anchor=anchor)
         if record is not None:  # the glyph's centre: "ms" anchors at the baseline, half a cap height below it
-            record.append(("char", ch, xy[0], xy[1] - (ascent / 2 if anchor == "ms" else 0), k == marked))
+            half = cell / 2 if anchor == "mm" else 0.0  # a grid character owns its whole cell
+            record.append(("char", ch, xy[0], xy[1] - (ascent / 2 if anchor == "ms" else 0), k == marked, half))
     question = {
         "read": "what is the text?",
         "first": "what is the first character?",
@@ -364,7 +391,8 @@ def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None) -> t
         "last": "what is the last character?",
         "highlight": f"what is the {HIGHLIGHT} character?",
     }[task]
-    answer = {"read": text, "first": text[0], "second": text[1], "last": text[-1], "highlight": text[marked]}[task]
+    answer = {"read": lambda: text, "first": lambda: text[0], "second": lambda: text[1], "last": lambda: text[-1],
+              "highlight": lambda: text[marked]}[task]()  # lazily: a graded 64 px image holds one character
     return img, question, answer
 
 
@@ -440,14 +468,22 @@ def draw_with_patch_labels(
     labels = {name: np.zeros(grid_side * grid_side, dtype=np.int64) for name in DENSE_TARGETS}
     patch = image_size / grid_side
     n_shapes = len(opts["shapes"])
-    for kind, what, x, y, marked in record:
+    for kind, what, x, y, marked, half in record:
         r, c = min(int(y // patch), grid_side - 1), min(int(x // patch), grid_side - 1)
+        if kind == "char" and half > patch / 2:  # a character larger than a patch labels every patch it covers
+            rows = range(int((y - half) // patch + 1e-6), min(grid_side, int(np.ceil((y + half) / patch - 1e-6))))
+            cols = range(int((x - half) // patch + 1e-6), min(grid_side, int(np.ceil((x + half) / patch - 1e-6))))
+            for rr in rows:
+                for cc in cols:
+                    labels["char"][rr * grid_side + cc] = 1 + opts["ocr_alphabet"].index(what)
+                    labels["highlight"][rr * grid_side + cc] = int(marked)
+            continue
         if kind == "object":
             shape, color = what
             labels["object"][r * grid_side + c] = 1 + opts["colors"].index(color) * n_shapes + opts["shapes"].index(shape)
         else:
             labels["char"][r * grid_side + c] = 1 + opts["ocr_alphabet"].index(what)
-            labels["highlight"][r * grid_side + c] = int(marked)
+            labels["highlight"][r * grid_side + c] |= int(marked)  # characters smaller than a patch share it
     return row["image"], labels
 
 

@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m lit_vlm scaling", description="Scaling laws for visual tokens vs LLM size.")
-    sub = parser.add_subparsers(dest="command", metavar="fit | contrast")
+    sub = parser.add_subparsers(dest="command", metavar="fit | contrast | seeds")
     fit = sub.add_parser("fit", help="fit a law, bootstrap it, validate it, find the optimal frontier",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     fit.add_argument("--results", required=True, help="'paper' (the paper's grid, shipped) or a grid-runner CSV")
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--compressor", default=None, help="which compressor's rows, when the table has several")
     con.add_argument("--ocr-gain", type=float, default=0.40, help="OCR: largest V minus smallest V, at least")
     con.add_argument("--reasoning-gap", type=float, default=0.10, help="reasoning: best V minus smallest V, at most")
+    seeds = sub.add_parser("seeds", help="seed noise: per-run SD and whether each step up in LLM size is significant")
+    seeds.add_argument("--results", required=True, help="a grid-runner results.csv with >= 2 seeds per cell")
+    seeds.add_argument("--family", default="reasoning", help="reasoning | ocr (default reasoning)")
+    seeds.add_argument("--compressor", default=None, help="which compressor's rows, when the table has several")
+    seeds.add_argument("--max-sd", type=float, default=0.015, help="per-run seed SD allowed (default 0.015)")
     return parser
 
 
@@ -76,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(format_checks(contrast_checks(args.results, args.compressor, args.ocr_gain, args.reasoning_gap)))
             return 0
+        if args.command == "seeds":
+            from lit_vlm.scaling.noise import format_noise, seed_noise
+
+            print(format_noise(seed_noise(args.results, args.family, args.compressor), args.max_sd))
+            return 0
         if args.command != "fit":
-            raise UserError("missing command; allowed: fit, contrast (see --help)")
+            raise UserError("missing command; allowed: fit, contrast, seeds (see --help)")
         return _fit(args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
