@@ -62,6 +62,9 @@ class TowerConfig:
     """Peak learning rate of stage 0."""
     batch_size: int = 64
     """objective=dense only: images per step."""
+    num_images: int | None = None
+    """objective=dense only: training images (None: data.num_train). The labelled images are held in memory
+    as float pixels (48 KiB each at 64 px), so a grid with a large num_train caps stage 0 here."""
 
 
 class DenseTowerModule(L.LightningModule):
@@ -137,14 +140,15 @@ def patch_accuracy(module: DenseTowerModule, data: TensorDataset) -> dict[str, f
 
 def train_dense_tower(
     vision: VisionConfig, data: dict, *, max_steps: int, lr: float, batch_size: int = 64, seed: int = 0,
-    trainer_args: dict | None = None,
+    trainer_args: dict | None = None, num_images: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train a tower on dense patch labels; returns (its state dict, held-out per-patch accuracy)."""
     L.seed_everything(seed, verbose=False)
     side = vision.image_size // vision.patch_size
     num_classes = {**synthetic.dense_label_sizes(**(data.get("task_options") or {})), "row": side, "column": side}
     module = DenseTowerModule(vision, num_classes, lr=lr, max_steps=max_steps)
-    train = labelled_images("train", int(data.get("num_train", 4000)), tower=module.tower, data=data)
+    n = int(num_images or data.get("num_train", 4000))
+    train = labelled_images("train", n, tower=module.tower, data=data)
     held_out = labelled_images("validation", min(500, max(64, int(data.get("num_val", 500)))), tower=module.tower, data=data)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     trainer = L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, limit_val_batches=0,
@@ -185,11 +189,21 @@ def _arch(vision: VisionConfig) -> str:
     return json.dumps({k: v for k, v in asdict(vision).items() if k not in ("frozen", "weights")}, sort_keys=True)
 
 
-def read_tower(path: Path, vision: VisionConfig) -> dict[str, torch.Tensor]:
-    """The state dict saved at ``path``, refused in one line if it is unreadable or fits another tower."""
+def _benchmark(data: dict | None) -> str | None:
+    """The synthetic benchmark a dense tower learned the labels of (None: other data, or not known)."""
+    if not data or data.get("source", "synthetic") != "synthetic":
+        return None
+    opts = synthetic.resolve_options(**(data.get("task_options") or {}))
+    return json.dumps({"seed": data.get("seed", 0), **{k: v for k, v in opts.items()}}, sort_keys=True, default=list)
+
+
+def read_tower(path: Path, vision: VisionConfig, data: dict | None = None) -> dict[str, torch.Tensor]:
+    """The state dict saved at ``path``, refused in one line if it is unreadable, fits another tower, or was
+    trained on another synthetic benchmark than ``data``'s (a checkpoint that does not say is accepted)."""
     try:
         with safe_open(str(path), "pt") as f:
-            saved_arch = (f.metadata() or {}).get("vision_config")
+            meta = f.metadata() or {}
+        saved_arch = meta.get("vision_config")
         state = load_file(str(path))
     except Exception as err:  # noqa: BLE001 - any decode failure means "not a tower checkpoint"
         raise UserError(f"tower checkpoint {path} cannot be read as safetensors ({err})") from None
@@ -198,17 +212,24 @@ def read_tower(path: Path, vision: VisionConfig) -> dict[str, torch.Tensor]:
             f"tower checkpoint {path} was trained for another vision config; delete it to retrain, or set "
             f"vision to the one it was saved with: {saved_arch}"
         )
+    saved_data, wanted = meta.get("benchmark"), _benchmark(data)
+    if saved_data and wanted and saved_data != wanted:
+        raise UserError(f"tower checkpoint {path} was trained on another synthetic benchmark (data.task_options or "
+                        "data.seed differ); delete it to retrain, or give tower.checkpoint its own path")
     missing = sorted(set(VisionTower(replace(vision, frozen=True)).state_dict()) - set(state))
     if missing:
         raise UserError(f"tower checkpoint {path} lacks {missing[0]} (saved by an older lit_vlm); delete it to retrain")
     return state
 
 
-def save_tower(path: Path, state: dict[str, torch.Tensor], vision: VisionConfig) -> None:
+def save_tower(path: Path, state: dict[str, torch.Tensor], vision: VisionConfig, data: dict | None = None) -> None:
     """Write atomically (temporary file, rename): a killed run never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"vision_config": _arch(vision)})
+    meta = {"vision_config": _arch(vision)}
+    if _benchmark(data):
+        meta["benchmark"] = _benchmark(data)
+    save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
@@ -223,7 +244,8 @@ def train_tower(
     if tower.objective == "dense":
         hardware = {k: v for k, v in trainer_args.items() if k in ("accelerator", "devices", "precision", "deterministic")}
         state, acc = train_dense_tower(vision, data, max_steps=tower.max_steps, lr=tower.lr,
-                                       batch_size=tower.batch_size, seed=seed, trainer_args=hardware)
+                                       batch_size=tower.batch_size, seed=seed, trainer_args=hardware,
+                                       num_images=tower.num_images)
         log.info("stage 0 done in %.1fs; held-out per-patch accuracy: %s", time.perf_counter() - start,
                  ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
         return state
@@ -245,9 +267,9 @@ def load_or_train(
         return VisionTower(replace(vision, frozen=True)).state_dict()
     path = Path(tower.checkpoint)
     if path.exists():
-        return read_tower(path, vision)
+        return read_tower(path, vision, data)
     if not tower.train_if_missing:
         raise UserError(f"tower checkpoint {path} does not exist and tower.train_if_missing is false")
     state = train_tower(tower, vision, data, seed=seed, model_args=model_args, trainer_args=trainer_args)
-    save_tower(path, state, vision)
+    save_tower(path, state, vision, data)
     return state

@@ -180,6 +180,13 @@ def test_tower_checkpoint_round_trip_and_refusals(tmp_path):
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
     with pytest.raises(UserError, match="another vision config"):
         read_tower(path, replace(TINY_VISION, hidden_size=32))
+    # a dense tower learned one benchmark's labels: a checkpoint says which, and another benchmark is refused
+    data = {"task_options": {"max_shapes": 3}}
+    save_tower(path, state, TINY_VISION, data)
+    assert read_tower(path, TINY_VISION, data).keys() == state.keys()
+    assert read_tower(path, TINY_VISION, {"task_options": {"max_shapes": 3}, "num_train": 5}).keys() == state.keys()
+    with pytest.raises(UserError, match="another synthetic benchmark"):
+        read_tower(path, TINY_VISION, {"task_options": {"max_shapes": 4}})
     path.write_bytes(b"not a tensor file")
     with pytest.raises(UserError, match="cannot be read as safetensors"):
         read_tower(path, TINY_VISION)
@@ -190,3 +197,14 @@ def test_stage0_refuses_an_unknown_objective():
 
     with pytest.raises(UserError, match="tower.objective='clip'"):
         train_tower(TowerConfig(objective="clip"), TINY_VISION, {})
+
+
+def test_dense_stage0_caps_its_images(monkeypatch):
+    import lit_vlm.tower as stage0
+
+    sizes = []
+    real = stage0.labelled_images
+    monkeypatch.setattr(stage0, "labelled_images", lambda split, n, **kw: sizes.append((split, n)) or real(split, n, **kw))
+    data = {"num_train": 96_000, "num_val": 64, "task_options": GRID_OCR}
+    stage0.train_dense_tower(replace(TINY_VISION, image_size=64), data, max_steps=1, lr=1e-3, batch_size=8, num_images=24)
+    assert sizes[0] == ("train", 24)

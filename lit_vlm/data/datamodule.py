@@ -79,6 +79,8 @@ class TaskOptions:
     """Lines of text (grid layouts)."""
     ocr_cell: int | None = None
     """Grid cell size at 64 px (grid layouts)."""
+    ocr_cells: dict[int, float] | None = None
+    """Graded OCR (grid layouts): character cell size at 64 px (4, 8, 16, 32 or 64) -> sampling weight."""
 
 
 def _task_options(value) -> dict:
