@@ -330,7 +330,7 @@ class VLM(nn.Module):
 
         ``forward().loss`` is the mean over one batch's tokens; evaluation sums these over a whole split instead.
         """
-        visual = self.visual_embeds(self._features(batch), batch.get("question_ids"), batch.get("question_mask"))
+        visual = self.visual_embeds(self.encode_images(batch["pixel_values"]), batch.get("question_ids"), batch.get("question_mask"))
         s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch["labels"])
         labels = s.pop("labels")
         logits = self.llm(**s, use_cache=False).logits.float()
