@@ -8,7 +8,6 @@ and tiny llama / qwen2 causal LMs with a chat-template tokenizer, all written wi
 
 import io
 import json
-import time
 
 import datasets
 import pytest
@@ -306,10 +305,8 @@ def test_missing_dataset_offline_is_a_quick_user_error(monkeypatch, cache):
     spec = {"name": "ghost", "path": "lit-vlm-nonexistent-org/no-such-dataset", "split": "train",
             "family": "ocr", "metric": "anls", "licence": "-", "answers_column": "answers"}
     before = datasets.config.HF_HUB_OFFLINE
-    start = time.perf_counter()
     with pytest.raises(UserError, match=r"dataset 'ghost' cannot be loaded.*no-such-dataset.*offline"):
         load_hub_split(spec, cache_dir=cache)
-    assert time.perf_counter() - start < 5
     assert datasets.config.HF_HUB_OFFLINE == before  # the library's flags are restored after the call
 
 
@@ -365,7 +362,6 @@ def test_missing_pretrained_model_offline_is_a_user_error(monkeypatch):
     from lit_vlm.model.vlm import LLMConfig
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as if set before the import
-    start = time.perf_counter()
     with pytest.raises(UserError, match="vision.pretrained='lit-vlm-nonexistent/tower' cannot be loaded"):
         VisionTower(VisionConfig(pretrained="lit-vlm-nonexistent/tower"))
 
@@ -374,7 +370,6 @@ def test_missing_pretrained_model_offline_is_a_user_error(monkeypatch):
 
     with pytest.raises(UserError, match="llm.pretrained='lit-vlm-nonexistent/llm' cannot be loaded"):
         LLMConfig(pretrained="lit-vlm-nonexistent/llm").build(Tok())
-    assert time.perf_counter() - start < 10
 
 
 CHAT_TEMPLATE = (

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import jupytext
@@ -171,7 +170,6 @@ def _execute(src: Path, tmp_path: Path, parameters: dict | None = None):
     import papermill
 
     before = [p.exists() for p in STRAYS]
-    start = time.perf_counter()
     if parameters is None:
         nb = jupytext.read(src)
         nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
@@ -182,19 +180,17 @@ def _execute(src: Path, tmp_path: Path, parameters: dict | None = None):
         nb = papermill.execute_notebook(str(given), str(tmp_path / "out.ipynb"), parameters=parameters,
                                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
                                         execution_timeout=CELL_TIMEOUT)
-    elapsed = time.perf_counter() - start
     assert not [o for o in _outputs(nb) if o.output_type == "error"]
     assert [p.exists() for p in STRAYS] == before, "a notebook wrote into the repository"
-    return nb, elapsed
+    return nb
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=IDS)
 def test_notebook_runs_in_smoke_mode(src, kernel_env, monkeypatch, tmp_path):
     monkeypatch.setenv("LIT_VLM_SMOKE", "1")
-    nb, elapsed = _execute(src, tmp_path)
+    nb = _execute(src, tmp_path)  # timings: bench/bench_notebooks.py
     assert "mode: smoke" in json.dumps([o.get("text", "") for o in _outputs(nb)])
     assert _figures(nb) >= 1, "every tutorial draws at least one figure"
-    assert elapsed < 300, f"{src.name} took {elapsed:.0f}s in smoke mode (budget: 5 minutes)"
 
 
 @pytest.mark.slow
@@ -204,7 +200,7 @@ def test_notebook_full_mode_path_runs_with_tiny_overrides(src, kernel_env, work_
     own_grid = work_dir / "full" / "grid03_full" / "results.csv"  # written by 03 (run first, in order)
     if src.stem[:2] in ("04", "05") and own_grid.is_file():
         params["GRID_RESULTS"] = str(own_grid)
-    nb, _ = _execute(src, tmp_path, params)
+    nb = _execute(src, tmp_path, params)
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "mode: full" in text
     if src.stem[:2] == "03":

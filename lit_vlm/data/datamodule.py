@@ -84,9 +84,9 @@ class TaskOptions:
 
 
 def _task_options(value) -> dict:
-    if value is None or isinstance(value, dict):  # a dict from Python or a grid: the generator checks its keys
-        return dict(value or {})
-    return {k: v for k, v in asdict(value).items() if v is not None}
+    """The knobs that are set (None: the generator's default), from a TaskOptions or a dict (Python, a grid)."""
+    value = asdict(value) if value is not None and not isinstance(value, dict) else (value or {})
+    return {k: v for k, v in value.items() if v is not None}
 
 
 def _hub_config(value) -> HubConfig:

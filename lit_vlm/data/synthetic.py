@@ -146,7 +146,8 @@ def resolve_options(**options: Any) -> dict[str, Any]:
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise UserError(f"unknown synthetic task option(s) {unknown}; allowed: {sorted(DEFAULT_OPTIONS)}")
-    opts = {**DEFAULT_OPTIONS, **options}
+    # None is "not set" (a typed config's TaskOptions lists every knob): the default stands
+    opts = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
     colors, shapes = tuple(opts["colors"]), tuple(opts["shapes"])
     if len(colors) < 2 or len(set(colors)) != len(colors) or not set(colors) <= set(PALETTE):
         raise UserError(f"colors={list(colors)}: need >= 2 distinct colours from {list(PALETTE)}")
