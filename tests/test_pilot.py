@@ -93,3 +93,41 @@ def test_ocr_v_gate_tells_a_power_law_from_a_step():
     assert pilot.gate_ocr_v(rows(graded), {"min_r2": 0.95})["pass"]
     step = {1: 0.85, 4: 0.86, 16: 0.8, 64: 0.01}  # cpu_mini's OCR: nothing until V = 64
     assert not pilot.gate_ocr_v(rows(step), {"min_r2": 0.95})["pass"]
+
+
+@pytest.mark.slow
+def test_the_pilot_runs_every_gate_through_the_grid(tmp_path):
+    """A tiny grid end to end: each part is a real grid run, the verdict names every gate, the exit code agrees."""
+    import json
+
+    llm = {"model_type": "llama", "num_layers": 1, "num_heads": 2}
+    grid = {
+        "out_dir": str(tmp_path / "unused"),
+        "llms": {f"w{h}": {**llm, "hidden_size": h} for h in (8, 16, 32)},
+        "visual_tokens": [1, 4], "compressors": ["avgpool"], "seeds": [0],
+        "vision": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                   "intermediate_size": 32},
+        "model": {"max_new_tokens": 3},
+        "data": {"data_dir": str(tmp_path / "data"), "num_train": 64, "num_val": 16, "num_test": 32,
+                 "batch_size": 16, "eval_batch_size": 32},
+        "trainer": {"accelerator": "cpu", "max_steps": 3, "enable_model_summary": False, "enable_progress_bar": False},
+        "tower": {"checkpoint": str(tmp_path / "tower.safetensors"), "max_steps": 2},
+        "num_threads": 1,
+    }
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    spec = {"grid": str(tmp_path / "grid.yaml"), "out_dir": str(tmp_path / "pilot"), "family": "reasoning",
+            "line": {"llms": ["w8", "w16", "w32"], "visual_tokens": 1, "seed": 0, "min_r2": 0.5},
+            "converged": {"llm": "w32", "visual_tokens": 1, "factor": 2, "max_change": 0.5},
+            "seeds": {"llm": "w16", "visual_tokens": 1, "seeds": [0, 1], "max_sd": 0.5},
+            "ocr_v": {"llm": "w8", "visual_tokens": [1, 4], "seed": 0, "min_r2": 0.0}}
+    (tmp_path / "pilot.yaml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "pilot.py"), "--config", str(tmp_path / "pilot.yaml")],
+                          capture_output=True, text=True)
+    verdict = json.loads((tmp_path / "pilot" / "pilot.json").read_text())
+    assert list(verdict["gates"]) == ["line", "converged", "seeds", "ocr_v"], done.stderr[-2000:]
+    assert done.returncode == (0 if all(g["pass"] for g in verdict["gates"].values()) else 1)
+    assert len(verdict["gates"]["line"]["points"]) == 3 and len(verdict["gates"]["seeds"]["accuracies"]) == 2
+    longer = yaml.safe_load((tmp_path / "pilot" / "converged" / "grid.yaml").read_text())
+    assert longer["trainer"]["max_steps"] == 6 and list(longer["llms"]) == ["w32"]
+    for gate in verdict["gates"]:
+        assert f"gate {gate}: " in done.stdout
