@@ -120,8 +120,13 @@ def gate_line(rows: list[dict], family: str, spec: dict) -> dict:
                     if r["family"] == family and int(r["visual_tokens"]) == spec["visual_tokens"])
     r2, slope = _loglog(points)
     ok = r2 >= spec["min_r2"] and slope < 0
-    return {"pass": ok, "r2": round(r2, 4), "slope": round(slope, 4), "bound": f"R^2 >= {spec['min_r2']} and slope < 0",
-            "points": [{"llm_params": n, "error": round(e, 4)} for n, e in points]}
+    out = {"pass": ok, "r2": round(r2, 4), "slope": round(slope, 4), "bound": f"R^2 >= {spec['min_r2']} and slope < 0",
+           "points": [{"llm_params": n, "error": round(e, 4)} for n, e in points]}
+    losses = sorted((int(r["llm_params"]), float(r["family_loss"])) for r in rows if r["family"] == family
+                    and int(r["visual_tokens"]) == spec["visual_tokens"] and r.get("family_loss"))
+    if len(losses) == len(points):  # not gated: the family's own loss, the smoother quantity a fit may use
+        out["loss_r2"], out["loss_slope"] = (round(x, 4) for x in _loglog(losses))
+    return out
 
 
 def gate_ocr_v(rows: list[dict], spec: dict) -> dict:
@@ -149,38 +154,44 @@ def gate_seeds(accs: dict[str, float], spec: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, type=Path, help="a pilot YAML (configs/pilot/)")
+    ap.add_argument("--gates", nargs="+", choices=GATES, default=None,
+                    help="run only these gates, in this order (default: every gate in the YAML, in the order above)")
     args = ap.parse_args(argv)
     try:
         spec = load_pilot(args.config)
         grid, family, out = spec["grid_config"], spec.get("family", "reasoning"), ROOT / spec["out_dir"]
         verdict: dict = {"config": str(args.config), "grid": spec["grid"], "family": family, "gates": {}}
         base_rows: list[dict] = []
-        if "line" in spec:
-            s = spec["line"]
+
+        def line(s):
+            nonlocal base_rows
             base_rows = run_part("line", part_config(grid, llms=s["llms"], visual_tokens=[s["visual_tokens"]],
                                                      seeds=[s.get("seed", 0)]), out)
-            verdict["gates"]["line"] = gate_line(base_rows, family, s)
-        if "converged" in spec:
-            s = spec["converged"]
+            return gate_line(base_rows, family, s)
+
+        def converged(s):
             seed = spec.get("line", {}).get("seed", 0)
             cells = dict(llms=[s["llm"]], visual_tokens=[s["visual_tokens"]], seeds=[seed])
             base = _acc(base_rows, family, llm=s["llm"], visual_tokens=s["visual_tokens"])
             if not base:  # the line part did not train this cell: train it at the grid's own length
-                base = _acc(run_part("converged_base", part_config(grid, **cells), out),
-                            family)
-            longer = _acc(run_part("converged", part_config(grid, steps_factor=s["factor"], **cells),
-                                   out), family)
-            verdict["gates"]["converged"] = gate_converged(base, longer, s)
-        if "seeds" in spec:
-            s = spec["seeds"]
+                base = _acc(run_part("converged_base", part_config(grid, **cells), out), family)
+            longer = _acc(run_part("converged", part_config(grid, steps_factor=s["factor"], **cells), out), family)
+            return gate_converged(base, longer, s)
+
+        def seeds(s):
             rows = run_part("seeds", part_config(grid, llms=[s["llm"]], visual_tokens=[s["visual_tokens"]],
                                                  seeds=s["seeds"]), out)
-            verdict["gates"]["seeds"] = gate_seeds(_acc(rows, family), s)
-        if "ocr_v" in spec:
-            s = spec["ocr_v"]
+            return gate_seeds(_acc(rows, family), s)
+
+        def ocr_v(s):
             rows = run_part("ocr_v", part_config(grid, llms=[s["llm"]], visual_tokens=s["visual_tokens"],
                                                  seeds=[s.get("seed", 0)]), out)
-            verdict["gates"]["ocr_v"] = gate_ocr_v(rows, s)
+            return gate_ocr_v(rows, s)
+
+        run = {"line": line, "converged": converged, "seeds": seeds, "ocr_v": ocr_v}
+        for name in args.gates or GATES:
+            if name in spec:
+                verdict["gates"][name] = run[name](spec[name])
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -182,6 +182,7 @@ def test_every_question_and_answer_tokenises_without_unk(tok, many):
         (dict(reasoning_tasks={"juggling": 1.0}), "reasoning_tasks="),
         (dict(families=["reasoning", "poetry"]), "families="),
         (dict(num_train=-1), "num_train="),
+        (dict(shape_radius=[0.4, 0.3]), "shape_radius="),
     ],
 )
 def test_bad_generator_options_are_user_errors(tmp_path, options, match):
@@ -321,3 +322,19 @@ def test_highlight_task_asks_for_the_red_character():
         pixels = np.asarray(row["image"]).reshape(-1, 3).astype(int)
         red = (pixels[:, 0] > 150) & (pixels[:, 1] < 90) & (pixels[:, 2] < 90)
         assert red.sum() > 5  # the one character drawn in the highlight ink
+
+
+def test_shape_radius_fixes_object_size_and_keeps_the_default_stream():
+    """Equal bounds draw every object at one size; the default leaves rows (and fingerprints) as they were."""
+    opts = dict(reasoning_tasks={"count": 1.0}, max_shapes=6)
+    record_default, record_fixed = [], []
+    synthetic._reasoning(np.random.default_rng(0), "count", synthetic.resolve_options(**opts), 64, record_default)
+    fixed = synthetic.resolve_options(**opts, shape_radius=[0.36, 0.36])
+    synthetic._reasoning(np.random.default_rng(0), "count", fixed, 64, record_fixed)
+    assert [r[1] for r in record_default] == [r[1] for r in record_fixed]  # same objects: one draw per radius
+    row = synthetic.draw_example("train", 0, **opts)
+    assert "shape_radius" not in synthetic.resolve_options(**opts)  # the default is not fingerprinted
+    same = synthetic.draw_example("train", 0, **opts, shape_radius=[0.3, 0.42])
+    assert np.array_equal(np.asarray(row["image"]), np.asarray(same["image"]))
+    a = synthetic.draw_example("train", 0, **opts, shape_radius=[0.36, 0.36])
+    assert not np.array_equal(np.asarray(row["image"]), np.asarray(a["image"]))

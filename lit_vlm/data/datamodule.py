@@ -81,6 +81,8 @@ class TaskOptions:
     """Grid cell size at 64 px (grid layouts)."""
     ocr_cells: dict[int, float] | None = None
     """Graded OCR (grid layouts): character cell size at 64 px (4, 8, 16, 32 or 64) -> sampling weight."""
+    shape_radius: list[float] | None = None
+    """[lo, hi] radius of a shape as a fraction of its 16 px scene cell (equal bounds: one size for all)."""
 
 
 def _task_options(value) -> dict:

@@ -122,6 +122,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # Graded OCR (grid layouts): {cell px at 64 px: weight}; each image draws its character size from it, so
     # what V visual tokens can read falls smoothly with V instead of in one step. None: every image uses ocr_cell.
     "ocr_cells": None,
+    # Radius of a shape as a fraction of its 16 px scene cell, drawn per object from [lo, hi]. Equal bounds
+    # give every object one size, so a pooled token's colour/shape areas are exact counts (cpu_law).
+    "shape_radius": (0.3, 0.42),
 }
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
@@ -180,6 +183,9 @@ def resolve_options(**options: Any) -> dict[str, Any]:
             raise UserError(f"ocr_cells: cell size {bad[0]!r} is not allowed; allowed: 4, 8, 16, 32, 64 (px at 64 px)")
         cells = {int(c): w for c, w in sorted(_weights("ocr_cells", {str(c): w for c, w in cells.items()},
                                                        tuple(str(c) for c in cells)).items(), key=lambda kv: int(kv[0]))}
+    radius = tuple(opts["shape_radius"])
+    if len(radius) != 2 or not all(isinstance(r, (int, float)) for r in radius) or not 0.1 <= radius[0] <= radius[1] <= 0.5:
+        raise UserError(f"shape_radius={list(radius)}: must be [lo, hi] with 0.1 <= lo <= hi <= 0.5 (of a 16 px cell)")
     lines = opts["ocr_lines"]
     if not isinstance(lines, int) or not 1 <= lines <= 64 // cell or (lines > 1 and opts["ocr_layout"] == "free"):
         raise UserError(f"ocr_lines={lines!r}: must be an integer in 1..{64 // cell} (above 1 only with a grid ocr_layout)")
@@ -196,6 +202,8 @@ def resolve_options(**options: Any) -> dict[str, Any]:
         "ocr_cell": cell,
         "ocr_cells": cells,
         "ocr_lines": lines,
+        # added after caches and towers were fingerprinted: listed only when set, so theirs stay valid
+        **({"shape_radius": tuple(float(r) for r in radius)} if radius != DEFAULT_OPTIONS["shape_radius"] else {}),
     }
 
 
@@ -237,7 +245,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
 
 
-def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0, record: list | None = None) -> Image.Image:
+def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0, record: list | None = None,
+           radius: tuple[float, float] = (0.3, 0.42)) -> Image.Image:
     """Draw ``objects`` (shape, colour) in distinct cells of a 4 x 4 grid.
 
     ``order`` constrains the first two objects' columns: -1 first strictly left of second, +1 right, 0 free.
@@ -253,7 +262,7 @@ def _scene(rng, objects: list[tuple[str, str]], size: int, order: int = 0, recor
     img = Image.new("RGB", (size, size), _background(rng))
     draw = ImageDraw.Draw(img)
     for (shape, color), c in zip(objects, cells):
-        r = cell * rng.uniform(0.3, 0.42)
+        r = cell * rng.uniform(*radius)  # one draw whatever the bounds: the same stream for every setting
         jitter = cell / 2 - r  # keep the shape inside its cell
         cx = (c % 4 + 0.5) * cell + rng.uniform(-jitter, jitter)
         cy = (c // 4 + 0.5) * cell + rng.uniform(-jitter, jitter)
@@ -337,7 +346,8 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
     # shuffle drawing order except for the spatial pair, whose positions are tied to the first two slots
     head, tail = (objs[:2], objs[2:]) if order else ([], objs)
     tail = [tail[k] for k in rng.permutation(len(tail))]
-    return _scene(rng, head + tail, size, order, record), q, a
+    radius = opts.get("shape_radius", DEFAULT_OPTIONS["shape_radius"])
+    return _scene(rng, head + tail, size, order, record, radius), q, a
 
 
 def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None) -> tuple[Image.Image, str, str]:
