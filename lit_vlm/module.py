@@ -7,6 +7,7 @@ offline kit has no pretrained tower, so the quickstart and the grid's stage 0 tr
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
@@ -263,21 +264,32 @@ class LitVLM(L.LightningModule):
                 routed.setdefault(names[batch.get("metrics", [None] * (i + 1))[i]], []).append(i)
         return routed
 
+    def _seen_anywhere(self, metrics: list) -> list[bool]:
+        """Whether each metric saw a row on any rank. A metric syncs its state inside compute(), a collective
+        every rank must join: under DDP a rank whose share of the split has no OCR row must still compute
+        the OCR metrics, or the ranks' collectives no longer match (gloo: "Received data size doesn't match")."""
+        counts = torch.tensor([m.update_count for m in metrics], dtype=torch.long, device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        return [bool(c) for c in counts.tolist()]
+
     def _eval_epoch_end(self, split: str, metrics: nn.ModuleDict, losses: nn.ModuleDict) -> None:
-        for key, metric in losses.items():
-            if metric.update_count:
-                name = f"{split}/loss" if key == "all" else f"{split}/loss_{key}"
-                self.log(name, metric.compute(), prog_bar=key == "all" and split == "val")
-            metric.reset()
-        for family in FAMILIES:
-            for name, metric in metrics[family].items():
-                if metric.update_count:  # a family or metric that saw no row logs nothing
-                    self.log(f"{split}/{family}/{name}", metric.compute(), prog_bar=name == "accuracy")
-            metrics[family].reset()
-        q = float(self.text_tokens.compute()) if self.text_tokens.update_count else 0.0
-        self.text_tokens.reset()
-        for name, value in self.cost(q).items():
-            self.log(f"cost/{name}", float(value))
+        named = [(f"{split}/loss" if key == "all" else f"{split}/loss_{key}", m) for key, m in losses.items()]
+        named += [(f"{split}/{family}/{name}", m) for family in FAMILIES for name, m in metrics[family].items()]
+        named.append(("text_tokens", self.text_tokens))
+        seen = self._seen_anywhere([m for _, m in named])
+        with warnings.catch_warnings():  # a rank that saw none of a family's rows computes it all the same
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+            values = {name: m.compute() for (name, m), s in zip(named, seen) if s}  # same order on every rank
+        for name, m in named:
+            m.reset()
+        q = float(values.pop("text_tokens", 0.0))
+        values |= {f"cost/{name}": float(value) for name, value in self.cost(q).items()}
+        for name, value in values.items():  # a family or metric that saw no row on any rank logs nothing
+            # Equal on every rank already (compute() synced the states); max over ranks keeps them exactly,
+            # where Lightning's default sync (a mean) could move them by an ulp, and says they are synced.
+            self.log(name, value, prog_bar=name == "val/loss" or name.endswith("/accuracy"),
+                     sync_dist=True, reduce_fx="max")
 
     def cost(self, text_tokens: float) -> dict[str, float]:
         """N (with and without embeddings), V, Q and the analytic inference FLOPs 2 N (Q + V) per example."""

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
 import lightning as L
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from lit_vlm.data.sampler import ResumableLoader, ResumableSampler
@@ -210,12 +211,25 @@ class VLMDataModule(L.LightningDataModule):
         return {"collate_fn": self.processor.collate, "num_workers": self.num_workers,
                 "persistent_workers": self.num_workers > 0}
 
+    def _ranks(self) -> tuple[int, int]:
+        """(rank, world size) of the Trainer this data is attached to; (0, 1) outside one or without DDP."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, split: str, batch_size: int) -> DataLoader:
-        return DataLoader(self._rows(split), batch_size=batch_size, shuffle=False, **self._workers())
+        rows = self._rows(split)
+        rank, world = self._ranks()
+        if world == 1:
+            return DataLoader(rows, batch_size=batch_size, shuffle=False, **self._workers())
+        # Each rank scores rows rank, rank + world, ...: every row exactly once. Lightning's default
+        # DistributedSampler pads the split by repeating rows, which would count them twice in the metrics.
+        sampler = UnrepeatedDistributedSampler(rows, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, **self._workers())
 
     def train_dataloader(self) -> ResumableLoader:
         rows = self._rows("train")
-        sampler = ResumableSampler(len(rows), self.seed, self.batch_size)
+        rank, world = self._ranks()
+        sampler = ResumableSampler(len(rows), self.seed, self.batch_size, num_replicas=world, rank=rank)
         return ResumableLoader(rows, batch_size=self.batch_size, sampler=sampler, **self._workers())
 
     def val_dataloader(self) -> DataLoader:

@@ -104,7 +104,7 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
             log.info("grid %s: %d cells, %d done, %d to run", out, len(cells), len(cells) - len(todo), len(todo))
             if tower_state is None:
                 tower_state = stage0.train_tower(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
-                stage0.save_tower(tower_path, tower_state, cfg.vision, cfg.data)
+                tower_state = stage0.save_tower(tower_path, tower_state, cfg.vision, cfg.data)
             store = None
             if dm is not None:
                 from lit_vlm.model.vision import VisionTower
