@@ -113,6 +113,12 @@ class Rows(Dataset):
         row["index"] = index
         return row
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch's rows in one read (the DataLoader's fetcher prefers this): the same rows as __getitem__,
+        without datasets' per-row formatting, which cost a small cell more than its arithmetic."""
+        columns = self.data[list(indices)]
+        return [{**{k: v[i] for k, v in columns.items()}, "index": index} for i, index in enumerate(indices)]
+
 
 class VLMDataModule(L.LightningDataModule):
     """Batches of (image, question, answer) for training and per-family evaluation.
