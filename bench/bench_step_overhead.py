@@ -108,11 +108,11 @@ def build(cfg, cell, tower_state, store, dm_args, legacy: bool, steps: int, root
     if legacy:
         module.legacy_step()
     dm = VLMDataModule(**dm_args, processor=module.processor)
-    if legacy:  # rows read one by one, as before Rows.__getitems__ (torch's fetcher skips a falsy one)
+    if legacy:  # rows read one by one and decoded every time, as before Rows.__getitems__ and its image memo
         rows = dm._rows
 
-        def one_by_one(split):
-            r = rows(split)
+        def one_by_one(split, **_):
+            r = rows(split)  # torch's fetcher skips a falsy __getitems__
             r.__getitems__ = None
             return r
 

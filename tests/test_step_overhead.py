@@ -4,12 +4,16 @@ lean path gives bitwise the losses, weights and metrics of the old path; each cu
 from dataclasses import replace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from PIL import Image
 
 from lit_vlm.data.datamodule import VLMDataModule
+from lit_vlm.data.processor import VLMProcessor, image_to_tensor
+from lit_vlm.data.tokenizer import load_tokenizer
 from lit_vlm.grid import Cell, build_store, cell_model_args, load_config, validate
 from lit_vlm.grid.cache import attach
 from lit_vlm.grid.cell import PROGRESS_EVERY, cell_trainer, legacy_cell_trainer
@@ -55,7 +59,7 @@ def run(cfg, tmp_path, legacy: bool):
     if legacy:
         module.legacy_step()
         rows = dm._rows
-        dm._rows = lambda split: setattr(r := rows(split), "__getitems__", None) or r  # one row at a time
+        dm._rows = lambda split, **_: setattr(r := rows(split), "__getitems__", None) or r  # one row at a time, no memo
     store = build_store(tmp_path / "features", module.vlm.vision_tower, dm.datasets)
     trainer = (legacy_cell_trainer if legacy else cell_trainer)(cfg, tmp_path / ("old" if legacy else "new"),
                                                                logger=False)
@@ -63,7 +67,9 @@ def run(cfg, tmp_path, legacy: bool):
     trainer.callbacks.insert(0, losses)
     with attach(module.vlm, store):
         trainer.fit(module, dm)
+        memo = trainer.train_dataloader.dataset.images  # the lean path keeps decoded images (rows repeat here)
         metrics = trainer.test(module, dm, verbose=False)[0]
+    assert (memo is None) == legacy and (legacy or len(memo) == 48)
     return losses.losses, {k: v.clone() for k, v in module.state_dict().items()}, metrics
 
 
@@ -114,6 +120,33 @@ def test_batched_rows_are_the_rows(tmp_path):
     for a, b in zip(rows.__getitems__(picked), [rows[i] for i in picked]):
         assert a.keys() == b.keys() and a["index"] == b["index"]
         assert all((x.tobytes() == y.tobytes()) if k == "image" else x == y for (k, x), y in zip(a.items(), b.values()))
+
+
+@pytest.mark.parametrize("mean, std", [((0.5,) * 3, (0.5,) * 3),
+                                       ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+def test_batch_normalisation_is_bitwise_the_per_image_one(mean, std):
+    processor = VLMProcessor(load_tokenizer("synthetic"), image_size=16, image_mean=mean, image_std=std)
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    images = [np.stack([every, every[::-1], every.T], -1), np.zeros((16, 16, 3), np.uint8),
+              Image.fromarray(np.stack([every.T] * 3, -1)), np.full((8, 8, 3), 200, np.uint8)]  # the last is resized
+    batch = processor.images_to_tensor(images)
+    assert torch.equal(batch, torch.stack([image_to_tensor(im, 16, mean, std) for im in images]))
+
+
+def test_memo_rows_collate_to_the_same_batch(tmp_path):
+    module = LitVLM(vision=GRID["vision"], llm=GRID["llms"]["xs"], visual_tokens=1)
+    dm = VLMDataModule(data_dir=str(tmp_path / "data"), num_train=16, num_val=4, num_test=4, processor=module.processor)
+    dm.prepare_data()
+    dm.setup("fit")
+    plain, memo = dm._rows("train"), dm._rows("train", memo_images=True)
+    picked = [3, 1, 3, 9]
+    first, again = memo.__getitems__(picked), memo.__getitems__(picked)  # decoded, then from the memo
+    assert sorted(memo.images) == [1, 3, 9]
+    reference = module.processor.collate([plain[i] for i in picked])
+    for rows in (first, again):
+        batch = module.processor.collate(rows)
+        for k in reference:
+            assert torch.equal(batch[k], reference[k]) if torch.is_tensor(batch[k]) else batch[k] == reference[k], k
 
 
 def test_fused_adamw_is_opt_in(tmp_path):

@@ -62,6 +62,9 @@ class VLMProcessor:
         self.mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(image_std, dtype=np.float32).reshape(3, 1, 1)
         self.max_answer_tokens = max_answer_tokens
+        # [3, 256]: channel c's value v normalised, (v / 255 - mean) / std in float32 as image_to_tensor computes it
+        levels = np.arange(256, dtype=np.float32)[None, :] / 255.0
+        self._levels = (levels - self.mean.reshape(3, 1)) / self.std.reshape(3, 1)
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
         # Token ids of texts seen before, by text: a dataset repeats its questions and answers, and rendering
@@ -136,13 +139,18 @@ class VLMProcessor:
         one numpy expression (elementwise, so bitwise the per-image result)."""
         if self.image_processor is not None or not self.memo_size:
             return torch.stack([self.image_to_tensor(im) for im in images])
+        side = (self.image_size, self.image_size, 3)
         arrays = []
         for image in images:
+            if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == side:
+                arrays.append(image)  # already what the PIL path below makes of it (Rows' decoded images)
+                continue
             if not isinstance(image, Image.Image):
                 image = Image.fromarray(np.asarray(image))
             image = image.convert("RGB")
-            if image.size != (self.image_size, self.image_size):
-                image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            if image.size != side[:2]:
+                image = image.resize(side[:2], Image.Resampling.BICUBIC)
             arrays.append(np.asarray(image))
-        pixels = np.stack(arrays).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        return torch.from_numpy(np.ascontiguousarray((pixels - self.mean) / self.std))
+        # a lookup of each uint8 value's normalised float, computed with image_to_tensor's float32 operations
+        pixels = self._levels[np.arange(3), np.stack(arrays)]  # [B, H, W, 3]
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
