@@ -20,6 +20,20 @@ IGNORE_INDEX = -100
 
 
 def _pad(seqs: Sequence[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    # filled in numpy: a torch.tensor per row cost more than a small model's step
+    width = max(len(s) for s in seqs)
+    out = np.full((len(seqs), width), value, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        if s:
+            if left:
+                out[i, width - len(s) :] = s
+            else:
+                out[i, : len(s)] = s
+    return torch.from_numpy(out)
+
+
+def _pad_per_row(seqs: Sequence[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """``_pad`` as it was (a torch.tensor per row): the collate of LitVLM.legacy_step, for the bench's before."""
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -113,14 +127,15 @@ class VLMProcessor:
         labels = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answer_ids)]
         question_ids = self._memo_ids("text", questions)
 
+        pad = _pad if self.memo_size else _pad_per_row
         batch = {
-            "input_ids": _pad(full, self.pad_id),
-            "attention_mask": _pad([[1] * len(s) for s in full], 0),
-            "labels": _pad(labels, IGNORE_INDEX),
-            "prompt_ids": _pad(prompts, self.pad_id, left=True),
-            "prompt_mask": _pad([[1] * len(s) for s in prompts], 0, left=True),
-            "question_ids": _pad(question_ids, self.pad_id),
-            "question_mask": _pad([[1] * len(s) for s in question_ids], 0),
+            "input_ids": pad(full, self.pad_id),
+            "attention_mask": pad([[1] * len(s) for s in full], 0),
+            "labels": pad(labels, IGNORE_INDEX),
+            "prompt_ids": pad(prompts, self.pad_id, left=True),
+            "prompt_mask": pad([[1] * len(s) for s in prompts], 0, left=True),
+            "question_ids": pad(question_ids, self.pad_id),
+            "question_mask": pad([[1] * len(s) for s in question_ids], 0),
             "index": torch.tensor([int(r.get("index", i)) for i, r in enumerate(rows)], dtype=torch.long),
             "answers": answers,
             "questions": questions,
@@ -152,5 +167,8 @@ class VLMProcessor:
                 image = image.resize(side[:2], Image.Resampling.BICUBIC)
             arrays.append(np.asarray(image))
         # a lookup of each uint8 value's normalised float, computed with image_to_tensor's float32 operations
-        pixels = self._levels[np.arange(3), np.stack(arrays)]  # [B, H, W, 3]
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+        values = np.stack(arrays)  # [B, H, W, 3] uint8
+        pixels = np.empty((len(arrays), 3, *side[:2]), dtype=np.float32)
+        for c in range(3):  # one take per channel: several times faster than the float arithmetic per image
+            np.take(self._levels[c], values[..., c], out=pixels[:, c])
+        return torch.from_numpy(pixels)
