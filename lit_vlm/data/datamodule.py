@@ -100,7 +100,7 @@ def _hub_config(value) -> HubConfig:
     return HubConfig(**value)
 
 
-IMAGE_MEMO_BYTES = 512 << 20  # decoded training images kept per loader (cpu_mini's 8,000 take 98 MB)
+IMAGE_MEMO_BYTES = 256 << 20  # decoded training images kept per loader and worker (cpu_mini's 8,000 take 98 MB)
 
 
 class Rows(Dataset):

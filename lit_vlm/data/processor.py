@@ -150,8 +150,8 @@ class VLMProcessor:
         return batch
 
     def images_to_tensor(self, images: list) -> torch.Tensor:
-        """``image_to_tensor`` of each image, stacked [B, 3, H, W]; our transform normalises the whole batch in
-        one numpy expression (elementwise, so bitwise the per-image result)."""
+        """``image_to_tensor`` of each image, stacked [B, 3, H, W]; our transform normalises the whole batch by
+        a lookup of the 256 values per channel, each computed as image_to_tensor computes it (so bitwise)."""
         if self.image_processor is not None or not self.memo_size:
             return torch.stack([self.image_to_tensor(im) for im in images])
         side = (self.image_size, self.image_size, 3)
