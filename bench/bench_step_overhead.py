@@ -288,7 +288,15 @@ def report(r: dict) -> str:
     for k in PHASES:
         b, a = r["phases_ms"]["before"][k], r["phases_ms"]["after"][k]
         lines.append(f"| {k} | {b:.2f} | {b / r['step_ms']['before']:.0%} | {a:.2f} | {a / r['step_ms']['after']:.0%} |")
-    lines += ["", "Phases are medians over runs of each phase's mean, so they need not add up to the step exactly.",
+    after = r["phases_ms"]["after"]
+    model = after["forward: LLM + splice + loss"] + after["backward"] + after["optimizer"]
+    lines += ["", f"After the cuts the arithmetic floor is {r['compute_floor_ms_cell_shapes'] / r['step_ms']['after']:.0%} "
+              f"of the step. The model's own phases (forward, backward, optimizer: {model:.2f} ms) are "
+              f"{model / r['compute_floor_ms_cell_shapes']:.0f}x their arithmetic: the per-op cost of a",
+              "Hugging Face decoder on matrices this small, which these bitwise cuts leave alone (torch.compile might",
+              "cut it, not bitwise; not tried); the data phases left are the PNG decoding of rows not seen before",
+              "(every row in a one-epoch cell) and the feature cache's pixel hashing.",
+              "", "Phases are medians over runs of each phase's mean, so they need not add up to the step exactly.",
               "The feature cache's lookup hashes each image's pixels (lit_vlm/grid/cache.py); the LLM phase includes",
               "Lightning's training_step call and logging."]
     return "\n".join(lines) + "\n"
