@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -211,6 +212,13 @@ def main() -> None:
     if args.llm not in cfg.llms:
         sys.exit(f"--llm {args.llm!r} is not an LLM of {args.config}; it has {', '.join(cfg.llms)}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-step-"))
+    try:
+        measure(args, cfg, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args, cfg, tmp: Path) -> None:
     batch_size = cfg.data["batch_size"]
     epochs = max(1, round(cfg.trainer.get("max_steps", 1) * batch_size / cfg.data["num_train"]))
     num_train = args.num_train or max(batch_size, args.steps * batch_size // epochs)
@@ -218,7 +226,7 @@ def main() -> None:
     dm_args = {**cfg.data, "data_dir": str(tmp / "data"), "num_train": num_train, "num_val": 16, "num_test": 16}
     cell = Cell(llm=args.llm, visual_tokens=args.visual_tokens, compressor=cfg.compressors[0], seed=cfg.seeds[0])
 
-    # one tower (the committed one when it fits, else random: a step's time does not depend on its weights)
+    # a random tower: a step's time does not depend on its weights
     from lit_vlm.data.datamodule import VLMDataModule
     from lit_vlm.model.vision import VisionTower
 
@@ -298,7 +306,8 @@ def report(r: dict) -> str:
               "(every row in a one-epoch cell) and the feature cache's pixel hashing.",
               "", "Phases are medians over runs of each phase's mean, so they need not add up to the step exactly.",
               "The feature cache's lookup hashes each image's pixels (lit_vlm/grid/cache.py); the LLM phase includes",
-              "Lightning's training_step call and logging."]
+              "Lightning's training_step call and logging; the progress bar redraws after a step's end mark, so its",
+              "time is counted in the next step's rows phase."]
     return "\n".join(lines) + "\n"
 
 
