@@ -62,6 +62,9 @@ class OptimizerConfig:
     """Fraction of the total steps spent in linear warmup (LLaVA uses 3%)."""
     min_lr_ratio: float = 0.0
     """The cosine decays to this fraction of each peak learning rate."""
+    fused: bool = False
+    """torch's fused AdamW kernel: fewer kernel launches per step (small models step faster), but its updates
+    differ from the default AdamW in the last bits, so a run is not bitwise the one without it."""
 
     def validate(self) -> None:
         """UserError for a rate or ratio no schedule can use (a negative rate would train uphill)."""
@@ -172,6 +175,7 @@ class LitVLM(L.LightningModule):
             }
         )
         self.optim = optimizer
+        self._legacy = False
         self.stage = stage
         self.max_new_tokens = max_new_tokens
         # The module owns the tokenizer and the processor: built once here, handed to the data (VLMDataModule's
@@ -216,11 +220,24 @@ class LitVLM(L.LightningModule):
             if self._trainable()[name]
         ]
         groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay)
+        opt = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay, **self._adamw_kernel())
         sched = warmup_cosine_schedule(
             opt, self.trainer.estimated_stepping_batches, self.optim.warmup_ratio, self.optim.min_lr_ratio
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _adamw_kernel(self) -> dict:
+        """foreach unless fused is asked for: on CPU torch defaults to a Python loop over the tensors, which
+        costs a small model more than its arithmetic; foreach's updates are bitwise the loop's."""
+        if self.optim.fused:
+            return {"fused": True}
+        return {} if self._legacy else {"foreach": True}
+
+    def legacy_step(self) -> None:
+        """The training step as it was before the overhead cuts (for bench/bench_step_overhead.py): AdamW's
+        per-tensor loop and a collate that renders and tokenises every row every time."""
+        self._legacy = True
+        self.processor.memo_size = 0
 
     # --- steps ---------------------------------------------------------------------------------------------
     def forward(self, batch: dict):

@@ -11,11 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_vlm.flops import measure_prefill
 from lit_vlm.grid.cache import FeatureStore, attach
 from lit_vlm.grid.config import Cell, GridConfig, trainer_kwargs
+
+
+PROGRESS_EVERY = 50  # steps between redraws of a cell's progress bar
 
 
 def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
@@ -37,6 +42,27 @@ def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
     return args
 
 
+def legacy_cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
+    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "before")."""
+    logger = CSVLogger(cell_dir, name="logs") if logger is None else logger
+    return L.Trainer(default_root_dir=cell_dir, logger=logger, enable_checkpointing=False,
+                     num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs(cfg.trainer))
+
+
+def cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
+    """A cell's Trainer. The grid's own progress bar reports cells; a cell's progress bar, redrawn every step,
+    cost a small cell about as much as its arithmetic, so it refreshes only every ``PROGRESS_EVERY`` steps
+    unless the config sets its own progress bar. Nothing here changes what the cell computes."""
+    kwargs = trainer_kwargs(cfg.trainer)
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    if kwargs.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(RichProgressBar(refresh_rate=PROGRESS_EVERY) if _RICH_AVAILABLE
+                         else TQDMProgressBar(refresh_rate=PROGRESS_EVERY))  # Lightning's own choice of bar
+    logger = CSVLogger(cell_dir, name="logs") if logger is None else logger
+    return L.Trainer(default_root_dir=cell_dir, logger=logger, enable_checkpointing=False,
+                     num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks, **kwargs)
+
+
 def _round(value: float | None, digits: int = 6) -> float:
     return round(value, digits) if value is not None else math.nan
 
@@ -54,8 +80,7 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
                     visual_tokens=cell.visual_tokens, **cell_model_args(cfg, cell))
     module.vlm.vision_tower.load_state_dict(tower_state)
     dm = VLMDataModule(**cfg.data, processor=module.processor)
-    trainer = L.Trainer(default_root_dir=cell_dir, logger=CSVLogger(cell_dir, name="logs"), enable_checkpointing=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs(cfg.trainer))
+    trainer = cell_trainer(cfg, cell_dir)
     evaluate = trainer.test if cfg.eval_split == "test" else trainer.validate
     with attach(module.vlm, store) if store is not None else nullcontext() as cached:
         start = time.perf_counter()
