@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -237,8 +238,8 @@ def run_cells(cfg: GridConfig, todo: list[Cell], total: int, store_folder: str |
     free = list(range(launch.workers))
 
     def submit(cell: Cell, slot: int):
-        if gpus:
-            executor.update_parameters(visible_gpus=[int(gpus[slot])], gpus_per_node=1)
+        if gpus:  # the worker's one GPU, named as this process sees it (an index, a UUID or a MIG id)
+            executor.update_parameters(setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus[slot])}"])
         job = executor.submit(cell_job, cfg, cell, store_folder, threads, driver_pid)
         running[job] = (cell, slot)
         log.info("cell %s submitted (%s job %s); %s", cell.id, launch.launcher, job.job_id, progress.line(len(running)))
