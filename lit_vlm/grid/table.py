@@ -1,4 +1,9 @@
-"""The results table: one row per cell and task family, changed only by an atomic rename.
+"""The results table: one row per cell and task family, changed only by an atomic rename under a file lock.
+
+Cells running in parallel (``launch.launcher: local`` or ``slurm``) each write their own rows: the read,
+the new file and the rename happen under ``.results.csv.lock`` (filelock), so no writer drops another's rows;
+the rename keeps the table whole whatever kills a writer. The lock is the OS's (flock), freed when its holder
+dies, so a kill -9 never leaves the table locked.
 
 README documents each column; the scaling fitter reads the table directly. ``family_loss`` was added after
 results/cpu_mini was committed: a table written before it (``LEGACY_COLUMNS``) still loads, and rows appended
@@ -12,6 +17,8 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 from lit_vlm.errors import UserError
 
@@ -47,7 +54,11 @@ class ResultsTable:
         return {row["cell"] for row in self.rows()}
 
     def replace_cell(self, cell_id: str, new_rows: list[dict]) -> None:
-        """Drop any rows of ``cell_id`` (a --force re-run) and append ``new_rows``, atomically."""
+        """Drop any rows of ``cell_id`` (a --force re-run) and append ``new_rows``, atomically, under the lock."""
+        with FileLock(self.path.parent / f".{self.path.name}.lock"):
+            self._replace_cell(cell_id, new_rows)
+
+    def _replace_cell(self, cell_id: str, new_rows: list[dict]) -> None:
         rows = [r for r in self.rows() if r["cell"] != cell_id] + new_rows
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".results-", suffix=".csv")
         try:
