@@ -79,10 +79,24 @@ def test_grid_writes_one_row_per_cell_and_family(tmp_path):
         assert flops["full_inference_flops"] == pytest.approx(
             flops["inference_flops"] + flops["vision_flops"] + flops["compressor_flops"], rel=1e-6)
         assert flops["measured_full_flops"] > float(row["measured_prefill_flops"]) and float(row["full_latency_ms"]) > 0
+        assert row["ocr_chars"] == ("3.5" if row["family"] == "ocr" else "")  # the default benchmark's 3-4 characters
     # A re-run finds every cell done and trains nothing.
     before = table.stat().st_mtime_ns
     run_grid(cfg)
     assert table.stat().st_mtime_ns == before
+
+
+def test_ocr_chars_is_the_mean_text_drawn_per_ocr_image():
+    from lit_vlm.grid.cell import ocr_chars
+
+    grid = {"ocr_length": [8, 8], "ocr_layout": "grid"}
+    assert ocr_chars({"task_options": {**grid, "ocr_lines": 2}}) == 16.0  # cpu_mini: 2 lines of 8
+    assert ocr_chars({"task_options": {"ocr_length": [2, 4], "ocr_layout": "grid", "ocr_lines": 3}}) == 9.0
+    assert ocr_chars({}) == 3.5  # the default: free layout, 3 or 4 characters
+    # graded sizes hold what fits: 1 (64 px), 2 x 2 (32 px), 2 lines of 4 (16 px), 2 lines of 8 (8 px)
+    graded = {**grid, "ocr_lines": 2, "ocr_cells": {64: 0.25, 32: 0.25, 16: 0.25, 8: 0.25}}
+    assert ocr_chars({"task_options": graded}) == pytest.approx((1 + 4 + 8 + 16) / 4)
+    assert ocr_chars({"source": "folder"}) is None
 
 
 def test_baseline_cells_and_the_feature_cache(tmp_path):

@@ -37,6 +37,26 @@ def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
     return args
 
 
+def ocr_chars(data: dict) -> float | None:
+    """Mean characters drawn in one OCR image of the synthetic benchmark (None for other data): what the
+    characters per visual token of a cell, ocr_chars / V, are computed from."""
+    if data.get("source", "synthetic") != "synthetic":
+        return None
+    from lit_vlm.data.synthetic import resolve_options
+
+    opts = resolve_options(**(data.get("task_options") or {}))
+    lo, hi = opts["ocr_length"]
+    lengths = range(lo, hi + 1)  # drawn uniformly
+    if opts["ocr_layout"] == "free":
+        return float(sum(lengths) / len(lengths))
+    if not opts["ocr_cells"]:
+        return float(sum(lengths) / len(lengths) * opts["ocr_lines"])
+    # graded: each cell size holds as many characters as fit (lit_vlm.data.synthetic._ocr)
+    total = sum(w * min(n, 64 // c) * min(opts["ocr_lines"], 64 // c)
+                for c, w in opts["ocr_cells"].items() for n in lengths)
+    return float(total / len(lengths))
+
+
 def _round(value: float | None, digits: int = 6) -> float:
     return round(value, digits) if value is not None else math.nan
 
@@ -70,6 +90,7 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
     cost = measure_cost(module.vlm, next(iter(loader)))
     prefix = "test" if cfg.eval_split == "test" else "val"
     counts = dm.family_counts(cfg.eval_split)
+    chars = ocr_chars(cfg.data)
     rows = []
     for family in FAMILIES:
         if f"{prefix}/{family}/accuracy" not in results:
@@ -108,5 +129,6 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
             "full_inference_flops": round(results["cost/inference_flops"] + cost.full_flops - cost.analytic_flops),
             "measured_full_flops": round(cost.measured_full_flops),
             "full_latency_ms": round(cost.full_latency_s * 1000, 3),
+            "ocr_chars": round(chars, 4) if family == "ocr" and chars is not None else "",
         })
     return rows, cache_note

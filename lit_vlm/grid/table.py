@@ -25,8 +25,10 @@ FULL_COST_COLUMNS = [
     "vision_flops", "measured_vision_flops", "compressor_flops", "measured_compressor_flops", "question_flops",
     "measured_question_flops", "full_inference_flops", "measured_full_flops", "full_latency_ms",
 ]
+# added with the ledger: mean characters per OCR image (synthetic data), for characters per visual token
+NEW_COLUMNS = [*FULL_COST_COLUMNS, "ocr_chars"]
 _BEFORE_FULL_COST = list(COLUMNS)
-COLUMNS = _BEFORE_FULL_COST + FULL_COST_COLUMNS
+COLUMNS = _BEFORE_FULL_COST + NEW_COLUMNS
 # older headers that still load (newest first): before the ledger; before family_loss too
 LEGACY_COLUMNS = [_BEFORE_FULL_COST, [c for c in _BEFORE_FULL_COST if c != "family_loss"]]
 

@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m lit_vlm scaling", description="Scaling laws for visual tokens vs LLM size.")
-    sub = parser.add_subparsers(dest="command", metavar="fit | contrast | seeds")
+    sub = parser.add_subparsers(dest="command", metavar="fit | contrast | seeds | ocr-regime")
     fit = sub.add_parser("fit", help="fit a law, bootstrap it, validate it, find the optimal frontier",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     fit.add_argument("--results", required=True, help="'paper' (the paper's grid, shipped) or a grid-runner CSV")
@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--family", default="reasoning", help="reasoning | ocr (default reasoning)")
     seeds.add_argument("--compressor", default=None, help="which compressor's rows, when the table has several")
     seeds.add_argument("--max-sd", type=float, default=0.015, help="per-run seed SD allowed (default 0.015)")
+    ocr = sub.add_parser("ocr-regime", help="OCR accuracy vs characters per visual token; where it collapses")
+    ocr.add_argument("--results", required=True, nargs="+", help="grid results.csv files (one per text length)")
+    ocr.add_argument("--out", required=True, help="output directory: ocr_regime.json, ocr_regime.png")
+    ocr.add_argument("--compressor", default=None, help="which compressor's rows, when the tables have several")
+    ocr.add_argument("--llm", default=None, help="which LLM's rows, when the tables have several")
+    ocr.add_argument("--fraction", type=float, default=0.5, help="collapse = below this x the plateau (0.5)")
+    ocr.add_argument("--no-plots", action="store_true", help="skip the PNG figure")
     return parser
 
 
@@ -92,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(format_noise(seed_noise(args.results, args.family, args.compressor), args.max_sd))
             return 0
+        if args.command == "ocr-regime":
+            return _ocr_regime(args, argv)
         if args.command != "fit":
-            raise UserError("missing command; allowed: fit, contrast, seeds (see --help)")
+            raise UserError("missing command; allowed: fit, contrast, seeds, ocr-regime (see --help)")
         return _fit(args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -134,6 +143,34 @@ def _fit(args, argv) -> int:
             shutil.move(str(tmp / name), str(out / name))
     print(summary)
     print(f"  wrote {', '.join(str(out / n) for n in written)}")
+    return 0
+
+
+def _ocr_regime(args, argv) -> int:
+    from lit_vlm.scaling.ocr_regime import load_ocr_rows, ocr_regime, plot_regime, summary
+
+    if not 0 < args.fraction < 1:
+        raise UserError(f"--fraction {args.fraction} must be in (0, 1)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    rows = load_ocr_rows(args.results, args.compressor, args.llm)
+    report = ocr_regime(rows, args.fraction)
+    report["command"] = " ".join(["python -m lit_vlm scaling", *argv])
+    report["results"] = [str(p) for p in args.results]
+    text = summary(report)
+    with tempfile.TemporaryDirectory(prefix="lit_vlm_ocr_") as tmp:
+        tmp = Path(tmp)
+        names = ["ocr_regime.json"]
+        (tmp / "ocr_regime.json").write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+        if not args.no_plots:
+            plot_regime(report, rows).savefig(tmp / "ocr_regime.png", dpi=110)
+            names.append("ocr_regime.png")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.move(str(tmp / name), str(out / name))
+    print(text)
+    print(f"  wrote {', '.join(str(out / n) for n in names)}")
     return 0
 
 
