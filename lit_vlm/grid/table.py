@@ -5,9 +5,9 @@ the new file and the rename happen under ``.results.csv.lock`` (filelock), so no
 the rename keeps the table whole whatever kills a writer. The lock is the OS's (flock), freed when its holder
 dies, so a kill -9 never leaves the table locked.
 
-README documents each column; the scaling fitter reads the table directly. ``family_loss`` was added after
-results/cpu_mini was committed: a table written before it (``LEGACY_COLUMNS``) still loads, and rows appended
-to it get the new column (empty in the old rows).
+README documents each column; the scaling fitter reads the table directly. Columns were added after tables
+were committed (``family_loss``, then the full-cost ledger): a table with an older header (``LEGACY_COLUMNS``)
+still loads, and rows appended to it get the new columns (empty in the old rows).
 """
 
 from __future__ import annotations
@@ -27,7 +27,17 @@ COLUMNS = [
     "seed", "family", "examples", "accuracy", "anls", "cer", "loss", "family_loss", "inference_flops",
     "measured_prefill_flops", "flops_ratio", "prefill_latency_ms", "train_time_s", "train_steps", "checkpoint",
 ]
-LEGACY_COLUMNS = [c for c in COLUMNS if c != "family_loss"]
+# the full inference-cost ledger (lit_vlm.flops.measure_cost), analytic and counted per example
+FULL_COST_COLUMNS = [
+    "vision_flops", "measured_vision_flops", "compressor_flops", "measured_compressor_flops", "question_flops",
+    "measured_question_flops", "full_inference_flops", "measured_full_flops", "full_latency_ms",
+]
+# added with the ledger: mean characters per OCR image (synthetic data), for characters per visual token
+NEW_COLUMNS = [*FULL_COST_COLUMNS, "ocr_chars"]
+_BEFORE_FULL_COST = list(COLUMNS)
+COLUMNS = _BEFORE_FULL_COST + NEW_COLUMNS
+# older headers that still load (newest first): before the ledger; before family_loss too
+LEGACY_COLUMNS = [_BEFORE_FULL_COST, [c for c in _BEFORE_FULL_COST if c != "family_loss"]]
 
 
 class ResultsTable:
@@ -38,7 +48,7 @@ class ResultsTable:
         if path.exists():
             with path.open(newline="") as f:
                 header = next(csv.reader(f), None)
-            if header not in (COLUMNS, LEGACY_COLUMNS):
+            if header != COLUMNS and header not in LEGACY_COLUMNS:
                 raise UserError(
                     f"{path} has columns {header} but the grid writes {COLUMNS}; refusing to overwrite it: "
                     "move it away or choose another out_dir"
@@ -63,7 +73,7 @@ class ResultsTable:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".results-", suffix=".csv")
         try:
             with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")  # legacy rows: family_loss empty
+                writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")  # legacy rows: new columns empty
                 writer.writeheader()
                 writer.writerows(rows)
                 f.flush()

@@ -187,7 +187,7 @@ class VisionTower(nn.Module):
         if image_size % patch_size:
             raise UserError(f"vision.pretrained={config.pretrained!r} has image_size {image_size} "
                             f"not divisible by patch_size {patch_size}")
-        self.image_size = image_size
+        self.image_size, self.patch_size = image_size, patch_size
         self._grid_side = image_size // patch_size
         _check_layers(list(config.feature_layers), hf.num_hidden_layers)
         self.feature_layers = list(config.feature_layers)
@@ -254,19 +254,24 @@ class VisionTower(nn.Module):
         return self
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
+        """Full-size images give the full grid; a smaller square image whose side is a multiple of the patch
+        (the `downsample` compressor's) gives a smaller grid, its position embeddings interpolated by HF."""
+        h, w = pixel_values.shape[-2:]
+        if h != w or h % self.patch_size or not 0 < h <= self.image_size:
             raise ValueError(
-                f"pixel_values are {tuple(pixel_values.shape[-2:])} px; this {self.model_type} expects "
-                f"{self.image_size}x{self.image_size}"
+                f"pixel_values are {(h, w)} px; this {self.model_type} expects {self.image_size}x{self.image_size}, "
+                f"or a smaller square image whose side is a multiple of the patch size {self.patch_size}"
             )
+        side = h // self.patch_size
+        resized = {"interpolate_pos_encoding": True} if h != self.image_size else {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            out = self.model(pixel_values=pixel_values, output_hidden_states=True)
+            out = self.model(pixel_values=pixel_values, output_hidden_states=True, **resized)
         levels = torch.stack([out.hidden_states[i] for i in self.feature_layers], dim=1)  # [B, n, T, D]
-        expected = self.num_prefix_tokens + self.num_patches
+        expected = self.num_prefix_tokens + side * side
         if levels.shape[2] != expected:
             raise RuntimeError(
                 f"{self.model_type} returned {levels.shape[2]} tokens; expected {self.num_prefix_tokens} prefix + "
-                f"{self._grid_side}x{self._grid_side} patches = {expected}"
+                f"{side}x{side} patches = {expected}"
             )
         levels = levels[:, :, self.num_prefix_tokens :]
         return (levels - self.feature_mean[:, None]) / self.feature_std[:, None]
