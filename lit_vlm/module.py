@@ -7,6 +7,7 @@ offline kit has no pretrained tower, so the quickstart and the grid's stage 0 tr
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
@@ -61,6 +62,9 @@ class OptimizerConfig:
     """Fraction of the total steps spent in linear warmup (LLaVA uses 3%)."""
     min_lr_ratio: float = 0.0
     """The cosine decays to this fraction of each peak learning rate."""
+    fused: bool = False
+    """torch's fused AdamW kernel: fewer kernel launches per step (small models step faster), but its updates
+    differ from the default AdamW in the last bits, so a run is not bitwise the one without it."""
 
     def validate(self) -> None:
         """UserError for a rate or ratio no schedule can use (a negative rate would train uphill)."""
@@ -171,6 +175,7 @@ class LitVLM(L.LightningModule):
             }
         )
         self.optim = optimizer
+        self._legacy = False
         self.stage = stage
         self.max_new_tokens = max_new_tokens
         # The module owns the tokenizer and the processor: built once here, handed to the data (VLMDataModule's
@@ -215,11 +220,24 @@ class LitVLM(L.LightningModule):
             if self._trainable()[name]
         ]
         groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay)
+        opt = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay, **self._adamw_kernel())
         sched = warmup_cosine_schedule(
             opt, self.trainer.estimated_stepping_batches, self.optim.warmup_ratio, self.optim.min_lr_ratio
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _adamw_kernel(self) -> dict:
+        """foreach unless fused is asked for: on CPU torch defaults to a Python loop over the tensors, which
+        costs a small model more than its arithmetic; foreach's updates are bitwise the loop's."""
+        if self.optim.fused:
+            return {"fused": True}
+        return {} if self._legacy else {"foreach": True}
+
+    def legacy_step(self) -> None:
+        """The training step as it was before the overhead cuts (for bench/bench_step_overhead.py): AdamW's
+        per-tensor loop and a collate that renders and tokenises every row every time."""
+        self._legacy = True
+        self.processor.memo_size = 0
 
     # --- steps ---------------------------------------------------------------------------------------------
     def forward(self, batch: dict):
@@ -263,21 +281,32 @@ class LitVLM(L.LightningModule):
                 routed.setdefault(names[batch.get("metrics", [None] * (i + 1))[i]], []).append(i)
         return routed
 
+    def _seen_anywhere(self, metrics: list) -> list[bool]:
+        """Whether each metric saw a row on any rank. A metric syncs its state inside compute(), a collective
+        every rank must join: under DDP a rank whose share of the split has no OCR row must still compute
+        the OCR metrics, or the ranks' collectives no longer match (gloo: "Received data size doesn't match")."""
+        counts = torch.tensor([m.update_count for m in metrics], dtype=torch.long, device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        return [bool(c) for c in counts.tolist()]
+
     def _eval_epoch_end(self, split: str, metrics: nn.ModuleDict, losses: nn.ModuleDict) -> None:
-        for key, metric in losses.items():
-            if metric.update_count:
-                name = f"{split}/loss" if key == "all" else f"{split}/loss_{key}"
-                self.log(name, metric.compute(), prog_bar=key == "all" and split == "val")
-            metric.reset()
-        for family in FAMILIES:
-            for name, metric in metrics[family].items():
-                if metric.update_count:  # a family or metric that saw no row logs nothing
-                    self.log(f"{split}/{family}/{name}", metric.compute(), prog_bar=name == "accuracy")
-            metrics[family].reset()
-        q = float(self.text_tokens.compute()) if self.text_tokens.update_count else 0.0
-        self.text_tokens.reset()
-        for name, value in self.cost(q).items():
-            self.log(f"cost/{name}", float(value))
+        named = [(f"{split}/loss" if key == "all" else f"{split}/loss_{key}", m) for key, m in losses.items()]
+        named += [(f"{split}/{family}/{name}", m) for family in FAMILIES for name, m in metrics[family].items()]
+        named.append(("text_tokens", self.text_tokens))
+        seen = self._seen_anywhere([m for _, m in named])
+        with warnings.catch_warnings():  # a rank that saw none of a family's rows computes it all the same
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+            values = {name: m.compute() for (name, m), s in zip(named, seen) if s}  # same order on every rank
+        for name, m in named:
+            m.reset()
+        q = float(values.pop("text_tokens", 0.0))
+        values |= {f"cost/{name}": float(value) for name, value in self.cost(q).items()}
+        for name, value in values.items():  # a family or metric that saw no row on any rank logs nothing
+            # Equal on every rank already (compute() synced the states); max over ranks keeps them exactly,
+            # where Lightning's default sync (a mean) could move them by an ulp, and says they are synced.
+            self.log(name, value, prog_bar=name == "val/loss" or name.endswith("/accuracy"),
+                     sync_dist=True, reduce_fx="max")
 
     def cost(self, text_tokens: float) -> dict[str, float]:
         """N (with and without embeddings), V, Q and the analytic inference FLOPs 2 N (Q + V) per example."""

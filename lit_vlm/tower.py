@@ -222,15 +222,29 @@ def read_tower(path: Path, vision: VisionConfig, data: dict | None = None) -> di
     return state
 
 
-def save_tower(path: Path, state: dict[str, torch.Tensor], vision: VisionConfig, data: dict | None = None) -> None:
-    """Write atomically (temporary file, rename): a killed run never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    meta = {"vision_config": _arch(vision)}
-    if _benchmark(data):
-        meta["benchmark"] = _benchmark(data)
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def save_tower(
+    path: Path, state: dict[str, torch.Tensor], vision: VisionConfig, data: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Write atomically (temporary file, rename): a killed run never leaves half a checkpoint. Returns the
+    state every rank goes on with: under DDP (stage 0 trains on every rank) only rank 0 writes, the others
+    wait for it at a barrier and read what it wrote, so all ranks share one file and one tower."""
+    distributed = _distributed()
+    if not distributed or torch.distributed.get_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        meta = {"vision_config": _arch(vision)}
+        if _benchmark(data):
+            meta["benchmark"] = _benchmark(data)
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    if not distributed:
+        return state
+    torch.distributed.barrier()
+    return state if torch.distributed.get_rank() == 0 else read_tower(path, vision, data)
 
 
 def train_tower(
@@ -271,5 +285,4 @@ def load_or_train(
     if not tower.train_if_missing:
         raise UserError(f"tower checkpoint {path} does not exist and tower.train_if_missing is false")
     state = train_tower(tower, vision, data, seed=seed, model_args=model_args, trainer_args=trainer_args)
-    save_tower(path, state, vision, data)
-    return state
+    return save_tower(path, state, vision, data)

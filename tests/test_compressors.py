@@ -18,7 +18,8 @@ def feats(levels=1, seed=1):
     return torch.randn(B, levels, SIDE * SIDE, D, generator=torch.Generator().manual_seed(seed))
 
 
-GRID_CASES = [(n, v) for n in COMPRESSORS if n != "identity" for v in (1, 4, 16, 64)]
+# downsample is fed the small grid its resized image gives (tests/test_baselines.py)
+GRID_CASES = [(n, v) for n in COMPRESSORS if n not in ("identity", "downsample") for v in (1, 4, 16, 64)]
 CASES = [("identity", 64), *GRID_CASES, ("perceiver", 7), ("perceiver", 100)]
 
 
@@ -56,7 +57,8 @@ def test_invalid_visual_tokens_lists_the_valid_ones():
 
 
 def test_unknown_name_and_option():
-    with pytest.raises(UserError, match="allowed: identity, avgpool, pixelshuffle, perceiver, tokenpacker, quecc"):
+    with pytest.raises(UserError, match="allowed: identity, avgpool, pixelshuffle, perceiver, tokenpacker, quecc, "
+                                        "random, downsample"):
         make("mystery", 4)
     with pytest.raises(UserError, match="'depth' is not understood by 'avgpool'"):
         make("avgpool", 4, depth=2)

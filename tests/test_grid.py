@@ -72,10 +72,47 @@ def test_grid_writes_one_row_per_cell_and_family(tmp_path):
     # every image the cells saw came from the feature cache: the frozen tower never ran in a cell
     counts = re.findall(r"feature cache: (\d+) hits, (\d+) misses", (Path(cfg.out_dir) / "grid.log").read_text())
     assert len(counts) == 4 and all(int(hits) > 0 and misses == "0" for hits, misses in counts)
+    for row in rows:  # the full ledger: the paper's prefill plus the tower and the compressor (no question pass)
+        flops = {c: float(row[c]) for c in ("inference_flops", "vision_flops", "compressor_flops", "question_flops",
+                                            "full_inference_flops", "measured_full_flops", "measured_vision_flops")}
+        assert flops["question_flops"] == 0 and flops["vision_flops"] > 0 and flops["measured_vision_flops"] > 0
+        assert flops["full_inference_flops"] == pytest.approx(
+            flops["inference_flops"] + flops["vision_flops"] + flops["compressor_flops"], rel=1e-6)
+        assert flops["measured_full_flops"] > float(row["measured_prefill_flops"]) and float(row["full_latency_ms"]) > 0
+        assert row["ocr_chars"] == ("3.5" if row["family"] == "ocr" else "")  # the default benchmark's 3-4 characters
     # A re-run finds every cell done and trains nothing.
     before = table.stat().st_mtime_ns
     run_grid(cfg)
     assert table.stat().st_mtime_ns == before
+
+
+def test_ocr_chars_is_the_mean_text_drawn_per_ocr_image():
+    from lit_vlm.grid.cell import ocr_chars
+
+    grid = {"ocr_length": [8, 8], "ocr_layout": "grid"}
+    assert ocr_chars({"task_options": {**grid, "ocr_lines": 2}}) == 16.0  # cpu_mini: 2 lines of 8
+    assert ocr_chars({"task_options": {"ocr_length": [2, 4], "ocr_layout": "grid", "ocr_lines": 3}}) == 9.0
+    assert ocr_chars({}) == 3.5  # the default: free layout, 3 or 4 characters
+    # graded sizes hold what fits: 1 (64 px), 2 x 2 (32 px), 2 lines of 4 (16 px), 2 lines of 8 (8 px)
+    graded = {**grid, "ocr_lines": 2, "ocr_cells": {64: 0.25, 32: 0.25, 16: 0.25, 8: 0.25}}
+    assert ocr_chars({"task_options": graded}) == pytest.approx((1 + 4 + 8 + 16) / 4)
+    assert ocr_chars({"source": "folder"}) is None
+
+
+def test_baseline_cells_and_the_feature_cache(tmp_path):
+    # downsample cells resize the image before the tower: never a cache hit (the store holds full-size
+    # features); random cells read the full grid from the cache like any other compressor
+    cfg = load(write_config(tmp_path, llms={"xs": TINY["llms"]["xs"]}, compressors=["random", "downsample"]))
+    rows = read_rows(run_grid(cfg))
+    assert sorted({(r["compressor"], r["visual_tokens"]) for r in rows}) == [
+        ("downsample", "1"), ("downsample", "4"), ("random", "1"), ("random", "4")]
+    log = (Path(cfg.out_dir) / "grid.log").read_text()
+    notes = dict(re.findall(r"cell (\S+) done .*feature cache: (\d+ hits, \d+ misses)", log))
+    for cell, note in notes.items():
+        hits, misses = map(int, re.findall(r"\d+", note))
+        assert (hits == 0 and misses > 0) if "downsample" in cell else (hits > 0 and misses == 0), (cell, note)
+    vision = {(r["compressor"], r["visual_tokens"]): float(r["measured_vision_flops"]) for r in rows}
+    assert vision[("downsample", "1")] < vision[("downsample", "4")] < vision[("random", "4")] == vision[("random", "1")]
 
 
 def test_feature_cache_is_keyed_by_the_tower(tmp_path):
@@ -335,17 +372,29 @@ def test_committed_table_meets_the_scientific_target():
 @pytest.mark.skipif(not COMMITTED.exists(), reason="results/cpu_mini has not been committed yet")
 def test_the_committed_table_loads_and_gains_the_family_loss_column(tmp_path):
     from lit_vlm.grid import LEGACY_COLUMNS
+    from lit_vlm.grid.table import FULL_COST_COLUMNS
 
+    oldest = LEGACY_COLUMNS[-1]
     path = tmp_path / "results.csv"
-    path.write_bytes(COMMITTED.read_bytes())  # written before family_loss existed
+    path.write_bytes(COMMITTED.read_bytes())  # written before family_loss and the full-cost ledger existed
     table = ResultsTable(path)
     old = table.rows()
-    assert list(old[0]) == LEGACY_COLUMNS and len(old) == 64
-    table.replace_cell("new", [{**old[0], "cell": "new", "family_loss": "0.5"}])
+    assert list(old[0]) == oldest and len(old) == 64
+    table.replace_cell("new", [{**old[0], "cell": "new", "family_loss": "0.5", "full_inference_flops": "7"}])
     rows = read_rows(path)
     assert list(rows[0]) == COLUMNS and len(rows) == 65
     assert all(r["family_loss"] == "" for r in rows[:-1]) and rows[-1]["family_loss"] == "0.5"
-    assert [{k: r[k] for k in LEGACY_COLUMNS} for r in rows[:-1]] == old  # old rows unchanged
+    assert all(r[c] == "" for r in rows[:-1] for c in FULL_COST_COLUMNS) and rows[-1]["full_inference_flops"] == "7"
+    assert [{k: r[k] for k in oldest} for r in rows[:-1]] == old  # old rows unchanged
+
+
+def test_a_table_with_the_previous_header_still_loads(tmp_path):
+    from lit_vlm.grid import LEGACY_COLUMNS
+
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(LEGACY_COLUMNS[0]) + "\n")  # family_loss, no full-cost ledger
+    ResultsTable(path).replace_cell("a", [{"cell": "a", "vision_flops": "3"}])
+    assert list(read_rows(path)[0]) == COLUMNS
 
 
 # How close a re-run of a committed cell must come. The same code on another CPU (other BLAS kernels, another

@@ -86,3 +86,62 @@ def test_grid_runner_table_additive_law_llm_bootstrap(tmp_path):
 def test_help_lists_the_outputs(capsys):
     assert main(["fit", "--help"]) == 0
     assert "compare_families.png" in capsys.readouterr().out
+
+
+def _cost_table(tmp_path, full=True, empty_row=False):
+    """A grid table whose full cost adds a tower cost that does not shrink with V: V = 64 on the small LLM
+    costs the prefill 2 N (50 + 64) plus 9e9, so the full cost reorders the cells the paper's cost sorts."""
+    cols = "llm,llm_params,visual_tokens,text_tokens,compressor,seed,family,accuracy"
+    full_cols = ",vision_flops,compressor_flops,question_flops,full_inference_flops"
+    lines = [cols + (full_cols if full else "")]
+    for n in (1e8, 2e8, 4e8, 8e8):
+        for v in (1, 4, 16, 64):
+            acc = 1 - (0.4 * (n / 1e9) ** -0.2 * v**-0.1 + 0.05)
+            prefill, vision = 2 * n * (50 + v), 1e9 * v / 8
+            for s in (0, 1):
+                row = f"m{n:.0f},{n:.0f},{v},50,random,{s},reasoning,{acc + 0.002 * s:.5f}"
+                if full:
+                    row += f",{vision:.0f},1000,0,{prefill + vision + 1000:.0f}"
+                    if empty_row and n == 1e8 and v == 4 and s == 1:
+                        row = row.rsplit(",", 1)[0] + ","
+                lines.append(row)
+    path = tmp_path / "grid.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("cost", ["paper", "full"])
+def test_cost_paper_or_full_is_recorded_and_draws_the_frontier(tmp_path, cost):
+    out = tmp_path / "out"
+    assert main(["fit", "--results", str(_cost_table(tmp_path)), "--bootstrap", "0", "--cost", cost,
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "fit.json").read_text())
+    assert report["cost"] == cost and report["observed_frontier"]["cost"] == cost
+    cells = report["observed_frontier"]["cells"]
+    flops = [c["flops"] for c in cells]
+    errors = [c["error"] for c in cells]
+    assert flops == sorted(flops) and errors == sorted(errors, reverse=True) and len(cells) >= 2
+    first = cells[0]  # the cheapest cell: the smallest LLM at V = 1 under either cost
+    assert (first["llm"], first["v"]) == ("m100000000", 1.0)
+    if cost == "full":  # the table's own column, averaged over seeds
+        assert first["flops"] == pytest.approx(2 * 1e8 * 51 + 1e9 / 8 + 1000)
+        assert report["observed_frontier"]["ledger"]["vision_flops"]["m800000000/V64"] == pytest.approx(8e9)
+    else:
+        assert first["flops"] == pytest.approx(2 * 1e8 * 51) and report["observed_frontier"]["ledger"] is None
+    assert (out / "frontier.png").exists()
+
+
+def test_cost_full_without_the_columns_is_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", "--results", str(_cost_table(tmp_path, full=False)), "--cost", "full", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "lacks vision_flops, compressor_flops, question_flops, full_inference_flops" in err
+    assert not out.exists()
+    assert main(["fit", "--results", "paper", "--cost", "full", "--out", str(out)]) == 2
+    assert "lacks vision_flops" in capsys.readouterr().err
+    assert main(["fit", "--results", str(_cost_table(tmp_path, empty_row=True)), "--cost", "full",
+                 "--out", str(out)]) == 2
+    assert "full_inference_flops empty at m100000000, V=4, seed=1" in capsys.readouterr().err
+    assert main(["fit", "--results", "paper", "--cost", "total", "--out", str(out)]) == 2
+    assert "unknown cost 'total'; allowed: paper, full" in capsys.readouterr().err
+    assert not out.exists()

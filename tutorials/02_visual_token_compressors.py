@@ -125,7 +125,13 @@ for name in COMPRESSORS:
         torch.manual_seed(0)
         comp = build_compressor(name, in_dim=tower.hidden_size, grid_side=tower.grid_side,
                                 num_levels=tower.num_levels, visual_tokens=v, query_dim=LLM["hidden_size"])
-        out = comp(features, query)
+        x = features
+        if comp.resizes_image:  # downsample acts before the tower: the tower sees the image at v patches a side
+            side = comp.side * tower.patch_size
+            with torch.no_grad():
+                x = tower(torch.nn.functional.interpolate(processor.image_to_tensor(row["image"])[None],
+                                                          size=(side, side), mode="bilinear", antialias=True))
+        out = comp(x, query)
         params = sum(p.numel() for p in comp.parameters())
         cells[name, v] = f"{list(out.shape)}  {params:,} params"
 table = pd.Series(cells).unstack()[VS]
@@ -141,6 +147,8 @@ except UserError as err:
 # `pixelshuffle`'s parameters grow as V shrinks (one token stacks more patches); `perceiver`'s grow with V
 # (one learned query per token); `tokenpacker`'s parameters are the same at every V (its attention is
 # shared by all regions), and `quecc`'s change only through its depthwise convolution, whose kernel is s x s.
+# The two baselines have no parameters: `random` keeps V patches drawn at random, and `downsample` shrinks the
+# image itself so the tower yields V patches (its features above come from a smaller image).
 #
 # ## 3. Where the attention-based compressors look
 #

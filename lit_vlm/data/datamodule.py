@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
 import lightning as L
+import numpy as np
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from lit_vlm.data.sampler import ResumableLoader, ResumableSampler
@@ -101,11 +103,25 @@ def _hub_config(value) -> HubConfig:
     return HubConfig(**value)
 
 
-class Rows(Dataset):
-    """One split as a torch Dataset of row dicts, with its row index."""
+IMAGE_MEMO_BYTES = 256 << 20  # decoded training images kept per loader and worker (cpu_mini's 8,000 take 98 MB)
 
-    def __init__(self, hf_dataset):
+
+class Rows(Dataset):
+    """One split as a torch Dataset of row dicts, with its row index.
+
+    With ``memo_images`` (training that reads rows more than once), ``__getitems__`` keeps each decoded image as
+    its RGB uint8 array, up to IMAGE_MEMO_BYTES: decoding the PNGs again every epoch was most of a small cell's
+    step. The processor turns the array into bitwise the pixels of the PIL image it came from.
+    """
+
+    def __init__(self, hf_dataset, memo_images: bool = False):
         self.data = hf_dataset
+        memo_images = memo_images and "image" in hf_dataset.column_names
+        self.images: dict[int, np.ndarray] | None = {} if memo_images else None
+        self._memo_bytes = 0
+        if memo_images:
+            self._text = hf_dataset.remove_columns("image")
+            self._image_column = hf_dataset.select_columns(["image"])
 
     def __len__(self) -> int:
         return len(self.data)
@@ -114,6 +130,26 @@ class Rows(Dataset):
         row = dict(self.data[index])
         row["index"] = index
         return row
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch's rows in one read (the DataLoader's fetcher prefers this): the same rows as __getitem__,
+        without datasets' per-row formatting, which cost a small cell more than its arithmetic."""
+        if self.images is None:
+            columns = self.data[list(indices)]
+            return [{**{k: v[i] for k, v in columns.items()}, "index": index} for i, index in enumerate(indices)]
+        columns = self._text[list(indices)]
+        missing = list(dict.fromkeys(i for i in indices if i not in self.images))
+        decoded = dict(zip(missing, self._image_column[missing]["image"])) if missing else {}
+        rows = []
+        for i, index in enumerate(indices):
+            image = self.images.get(index)
+            if image is None:
+                image = np.asarray(decoded[index].convert("RGB"))
+                if self._memo_bytes + image.nbytes <= IMAGE_MEMO_BYTES:
+                    self.images[index] = image
+                    self._memo_bytes += image.nbytes
+            rows.append({**{k: v[i] for k, v in columns.items()}, "image": image, "index": index})
+        return rows
 
 
 class VLMDataModule(L.LightningDataModule):
@@ -200,22 +236,44 @@ class VLMDataModule(L.LightningDataModule):
     def family_counts(self, split: str) -> dict[str, int]:
         return dict(Counter(self.datasets[split]["family"]))
 
-    def _rows(self, split: str) -> Rows:
+    def _rows(self, split: str, memo_images: bool = False) -> Rows:
         if split not in self.datasets:
             raise UserError(f"the data has no {split!r} split; it has {', '.join(self.datasets)}")
-        return Rows(self.datasets[split])
+        return Rows(self.datasets[split], memo_images=memo_images)
+
+    def _train_rows_repeat(self) -> bool:
+        """Whether this fit reads the training rows more than once (then its loader keeps decoded images)."""
+        t = self.trainer
+        if t is None:
+            return False
+        if t.max_steps is not None and t.max_steps > 0:
+            return t.max_steps * t.accumulate_grad_batches * self.batch_size > len(self.datasets["train"])
+        return t.max_epochs != 1
 
     # --- loaders -----------------------------------------------------------------------------------------
     def _workers(self) -> dict:
         return {"collate_fn": self.processor.collate, "num_workers": self.num_workers,
                 "persistent_workers": self.num_workers > 0}
 
+    def _ranks(self) -> tuple[int, int]:
+        """(rank, world size) of the Trainer this data is attached to; (0, 1) outside one or without DDP."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, split: str, batch_size: int) -> DataLoader:
-        return DataLoader(self._rows(split), batch_size=batch_size, shuffle=False, **self._workers())
+        rows = self._rows(split)
+        rank, world = self._ranks()
+        if world == 1:
+            return DataLoader(rows, batch_size=batch_size, shuffle=False, **self._workers())
+        # Each rank scores rows rank, rank + world, ...: every row exactly once. Lightning's default
+        # DistributedSampler pads the split by repeating rows, which would count them twice in the metrics.
+        sampler = UnrepeatedDistributedSampler(rows, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, **self._workers())
 
     def train_dataloader(self) -> ResumableLoader:
-        rows = self._rows("train")
-        sampler = ResumableSampler(len(rows), self.seed, self.batch_size)
+        rows = self._rows("train", memo_images=self._train_rows_repeat())
+        rank, world = self._ranks()
+        sampler = ResumableSampler(len(rows), self.seed, self.batch_size, num_replicas=world, rank=rank)
         return ResumableLoader(rows, batch_size=self.batch_size, sampler=sampler, **self._workers())
 
     def val_dataloader(self) -> DataLoader:

@@ -9,13 +9,29 @@ not prefetched by Lightning, so "handed out" is "trained on" when a checkpoint i
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
-class ResumableSampler(Sampler[int]):
-    def __init__(self, num_samples: int, seed: int, batch_size: int):
-        self.num_samples, self.seed, self.batch_size = num_samples, seed, batch_size
+class ResumableSampler(DistributedSampler):
+    """A seeded permutation per epoch, optionally split over DDP ranks, that can start mid-epoch.
+
+    With ``num_replicas`` > 1 every rank draws the same permutation and takes every num_replicas-th row from
+    its own offset, padded as torch's DistributedSampler pads (the first rows again) so that every rank runs
+    the same number of steps. Being a DistributedSampler, Lightning keeps it instead of wrapping it in one of
+    its own, which would shuffle again with its own seed and lose the resume position.
+    """
+
+    def __init__(self, num_samples: int, seed: int, batch_size: int, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ is not called: it wants a dataset and asks torch.distributed for sizes.
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.dataset_size, self.seed, self.batch_size = num_samples, seed, batch_size
+        self.num_replicas, self.rank, self.shuffle, self.drop_last = num_replicas, rank, True, False
+        self.num_samples = math.ceil(num_samples / num_replicas)  # this rank's rows per epoch
+        self.total_size = self.num_samples * num_replicas
         self.epoch = 0
         self._skip: tuple[int, int] | None = None  # (epoch, batches) to skip once, after a restore
 
@@ -31,7 +47,10 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        if self.num_replicas > 1:
+            order += (order * math.ceil(self.total_size / max(1, len(order))))[: self.total_size - len(order)]
+            order = order[self.rank : self.total_size : self.num_replicas]
         skip, self._skip = self.pending_skip(), None
         return iter(order[skip * self.batch_size :])
 

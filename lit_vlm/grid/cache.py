@@ -7,6 +7,7 @@ goes through the real tower. The key is the input itself, so the cache cannot re
 features or a stale tower's: a changed tower, feature layer, resolution or dataset only costs misses. The
 store on disk (``features/<digest>/``: ``keys.npy`` and a memory-mapped ``features.npy``) is named by the
 tower's weights, its feature layers and the keys of the images it holds, so each tower and dataset gets its own.
+The store holds full-size features only: a resized image (the ``downsample`` compressor's) bypasses it.
 
 The data, the collate function, the VLM and the FLOP counter know nothing of it: ``attach`` swaps the tower
 for the length of a cell (its checkpoint is saved with the real tower, loadable without the cache).
@@ -76,6 +77,11 @@ class CachedTower(nn.Module):
             return getattr(self._modules["tower"], name)  # the tower's own: image_size, grid_side, num_levels ...
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if tuple(pixel_values.shape[-2:]) != (self.tower.image_size,) * 2:
+            # a resized image (the downsample compressor): the store holds full-size features only, so
+            # such images always go through the real tower, never to a lookup
+            self.misses += len(pixel_values)
+            return self.tower(pixel_values)
         if pixel_values.dtype != torch.float32:  # keys are of fp32 pixels ("*-true" precision casts the batch)
             self.misses += len(pixel_values)
             return self.tower(pixel_values)

@@ -11,11 +11,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.loggers import CSVLogger
 
-from lit_vlm.flops import measure_prefill
+from lit_vlm.flops import measure_cost
 from lit_vlm.grid.cache import FeatureStore, attach
 from lit_vlm.grid.config import Cell, GridConfig, trainer_kwargs
+
+
+PROGRESS_EVERY = 50  # steps between redraws of a cell's progress bar
 
 
 def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
@@ -37,6 +42,47 @@ def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
     return args
 
 
+def legacy_cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
+    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "before")."""
+    logger = CSVLogger(cell_dir, name="logs") if logger is None else logger
+    return L.Trainer(default_root_dir=cell_dir, logger=logger, enable_checkpointing=False,
+                     num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs(cfg.trainer))
+
+
+def cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
+    """A cell's Trainer. The grid's own progress bar reports cells; a cell's progress bar, redrawn every step,
+    cost a small cell about as much as its arithmetic, so it refreshes only every ``PROGRESS_EVERY`` steps
+    unless the config sets its own progress bar. Nothing here changes what the cell computes."""
+    kwargs = trainer_kwargs(cfg.trainer)
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    if kwargs.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(RichProgressBar(refresh_rate=PROGRESS_EVERY) if _RICH_AVAILABLE
+                         else TQDMProgressBar(refresh_rate=PROGRESS_EVERY))  # Lightning's own choice of bar
+    logger = CSVLogger(cell_dir, name="logs") if logger is None else logger
+    return L.Trainer(default_root_dir=cell_dir, logger=logger, enable_checkpointing=False,
+                     num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks, **kwargs)
+
+
+def ocr_chars(data: dict) -> float | None:
+    """Mean characters drawn in one OCR image of the synthetic benchmark (None for other data): what the
+    characters per visual token of a cell, ocr_chars / V, are computed from."""
+    if data.get("source", "synthetic") != "synthetic":
+        return None
+    from lit_vlm.data.synthetic import resolve_options
+
+    opts = resolve_options(**(data.get("task_options") or {}))
+    lo, hi = opts["ocr_length"]
+    lengths = range(lo, hi + 1)  # drawn uniformly
+    if opts["ocr_layout"] == "free":
+        return float(sum(lengths) / len(lengths))
+    if not opts["ocr_cells"]:
+        return float(sum(lengths) / len(lengths) * opts["ocr_lines"])
+    # graded: each cell size holds as many characters as fit (lit_vlm.data.synthetic._ocr)
+    total = sum(w * min(n, 64 // c) * min(opts["ocr_lines"], 64 // c)
+                for c, w in opts["ocr_cells"].items() for n in lengths)
+    return float(total / len(lengths))
+
+
 def _round(value: float | None, digits: int = 6) -> float:
     return round(value, digits) if value is not None else math.nan
 
@@ -54,8 +100,7 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
                     visual_tokens=cell.visual_tokens, **cell_model_args(cfg, cell))
     module.vlm.vision_tower.load_state_dict(tower_state)
     dm = VLMDataModule(**cfg.data, processor=module.processor)
-    trainer = L.Trainer(default_root_dir=cell_dir, logger=CSVLogger(cell_dir, name="logs"), enable_checkpointing=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs(cfg.trainer))
+    trainer = cell_trainer(cfg, cell_dir)
     evaluate = trainer.test if cfg.eval_split == "test" else trainer.validate
     with attach(module.vlm, store) if store is not None else nullcontext() as cached:
         start = time.perf_counter()
@@ -67,9 +112,10 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
     trainer.save_checkpoint(ckpt, weights_only=True)  # the real tower is back: loadable without the cache
 
     loader = dm.test_dataloader() if cfg.eval_split == "test" else dm.val_dataloader()
-    cost = measure_prefill(module.vlm, next(iter(loader)))
+    cost = measure_cost(module.vlm, next(iter(loader)))
     prefix = "test" if cfg.eval_split == "test" else "val"
     counts = dm.family_counts(cfg.eval_split)
+    chars = ocr_chars(cfg.data)
     rows = []
     for family in FAMILIES:
         if f"{prefix}/{family}/accuracy" not in results:
@@ -98,5 +144,16 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
             "train_time_s": round(train_time, 2),
             "train_steps": trainer.global_step,
             "checkpoint": str(ckpt),
+            "vision_flops": round(cost.vision_flops),
+            "measured_vision_flops": round(cost.measured_vision_flops),
+            "compressor_flops": round(cost.compressor_flops),
+            "measured_compressor_flops": round(cost.measured_compressor_flops),
+            "question_flops": round(cost.question_flops),
+            "measured_question_flops": round(cost.measured_question_flops),
+            # the paper's term from the same Q as inference_flops (the eval split's mean), the rest added on
+            "full_inference_flops": round(results["cost/inference_flops"] + cost.full_flops - cost.analytic_flops),
+            "measured_full_flops": round(cost.measured_full_flops),
+            "full_latency_ms": round(cost.full_latency_s * 1000, 3),
+            "ocr_chars": round(chars, 4) if family == "ocr" and chars is not None else "",
         })
     return rows, cache_note

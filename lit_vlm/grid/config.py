@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import lightning as L
 from jsonargparse import ArgumentParser, Namespace
@@ -28,6 +29,44 @@ from lit_vlm.tower import OBJECTIVES, TowerConfig
 CELL_MODEL_ARGS = ("vision", "llm", "compressor", "visual_tokens", "processor")
 CELL_DATA_ARGS = ("processor",)
 CELL_TRAINER_ARGS = ("default_root_dir", "logger", "enable_checkpointing", "num_sanity_val_steps", "limit_val_batches")
+
+
+@dataclass
+class SlurmConfig:
+    """The SLURM job array of ``launcher: slurm`` (one array task per cell), passed to submitit's SlurmExecutor."""
+
+    partition: str | None = None
+    """The partition (sbatch --partition); None: the cluster's default."""
+    time_min: int = 240
+    """Time limit of each cell's task, in minutes (sbatch --time)."""
+    gpus_per_cell: int = 1
+    """GPUs of each cell's task (sbatch --gpus-per-node); 0 on a CPU partition."""
+    cpus_per_cell: int | None = None
+    """CPUs of each cell's task (sbatch --cpus-per-task); None: the cluster's default."""
+    mem_gb: float | None = None
+    """Memory of each cell's task in GB (sbatch --mem); None: the cluster's default."""
+    parameters: dict = field(default_factory=dict)
+    """Other SlurmExecutor parameters by submitit's name (account, qos, constraint, exclude, setup, ...):
+    submitit refuses a name it does not know."""
+    additional_parameters: dict = field(default_factory=dict)
+    """Raw sbatch flags submitit writes as given (e.g. {reservation: paper}): for what it has no name for."""
+
+
+@dataclass
+class LaunchConfig:
+    """How the cells run: in this process one after another, or each in its own process through submitit."""
+
+    launcher: Literal["none", "local", "slurm", "debug"] = "none"
+    """none: one after another in this process; local: up to ``workers`` processes on this machine (submitit's
+    LocalExecutor); slurm: one SLURM job array (submitit's SlurmExecutor); debug: submitit's DebugExecutor,
+    the launcher's code path with every cell run in this process (for tests and pdb)."""
+    workers: int = 1
+    """Cells at once with ``local`` (one GPU each on a GPU machine; on a CPU num_threads is split between
+    them) and the array's parallelism (sbatch --array=...%workers) with ``slurm``."""
+    time_min: int = 24 * 60
+    """``local``: a cell still running after this many minutes is stopped (submitit's timeout)."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """The job array of ``launcher: slurm``."""
 
 
 @dataclass
@@ -69,7 +108,9 @@ class GridConfig:
     num_threads: int | None = None
     """CPU threads for torch while the grid runs (None: torch's default); restored when run_grid returns. Part
     of the config because results on a CPU can depend on it, and because two processes with two threads each
-    on two cores thrash (OpenMP spin-waits)."""
+    on two cores thrash (OpenMP spin-waits). With ``launch.launcher: local`` they are split between workers."""
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    """How the cells run (the --launcher and --workers flags set launch.launcher and launch.workers)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +228,12 @@ def validate(cfg: GridConfig) -> GridConfig:
         raise UserError(f"eval_split={cfg.eval_split!r} is not allowed; use 'validation' or 'test'")
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise UserError(f"num_threads={cfg.num_threads} must be a positive integer or null")
+    if cfg.launch.workers < 1:
+        raise UserError(f"--workers {cfg.launch.workers} is not allowed: give 1 or more cells at once")
+    if cfg.launch.workers > 1 and cfg.launch.launcher == "none":
+        raise UserError(f"--workers {cfg.launch.workers} needs a launcher: add --launcher local (or slurm)")
+    if cfg.launch.time_min < 1 or cfg.launch.slurm.time_min < 1:
+        raise UserError("launch.time_min and launch.slurm.time_min must be at least 1 minute")
     side = grid_side(cfg.vision)
     for v in cfg.visual_tokens:
         if not any(v in valid_visual_tokens(c, side) for c in cfg.compressors):

@@ -2,7 +2,9 @@
 
 Everything that can refuse a run (the config, ``only``, the table's columns, the tower checkpoint, the
 Trainer arguments, the data) is checked before the first file is written, so a refused run leaves no output
-folder behind. Each finished cell's rows replace that cell's rows in ``results.csv`` atomically.
+folder behind. Each finished cell's rows replace that cell's rows in ``results.csv`` atomically. With
+``launch.launcher`` none the cells run here one after another; otherwise launch.py submits them (stage 0 and
+the feature cache are still built here, once).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lit_vlm.errors import UserError
 from lit_vlm.grid.cache import build_store
 from lit_vlm.grid.cell import run_cell
 from lit_vlm.grid.config import Cell, GridConfig, cells_of, check_trainer, trainer_kwargs, validate
+from lit_vlm.grid.launch import check_launch, run_cells
 from lit_vlm.grid.table import ResultsTable
 
 log = logging.getLogger("lit_vlm.grid")
@@ -92,6 +95,7 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
     elif not cfg.tower.train_if_missing:
         raise UserError(f"tower checkpoint {tower_path} does not exist and tower.train_if_missing is false")
     check_trainer(cfg)
+    check_launch(cfg)
 
     with torch_threads(cfg.num_threads):
         dm = _setup_data(cfg) if cfg.feature_cache else None  # data errors too, before the output folder
@@ -104,7 +108,7 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
             log.info("grid %s: %d cells, %d done, %d to run", out, len(cells), len(cells) - len(todo), len(todo))
             if tower_state is None:
                 tower_state = stage0.train_tower(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
-                stage0.save_tower(tower_path, tower_state, cfg.vision, cfg.data)
+                tower_state = stage0.save_tower(tower_path, tower_state, cfg.vision, cfg.data)
             store = None
             if dm is not None:
                 from lit_vlm.model.vision import VisionTower
@@ -112,6 +116,9 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
                 tower = VisionTower(replace(cfg.vision, frozen=True))
                 tower.load_state_dict(tower_state)
                 store = build_store(out / "features", tower, dm.datasets)
+            if cfg.launch.launcher != "none":
+                run_cells(cfg, todo, len(cells), str(store.folder) if store is not None else None)
+                return table.path
             bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="cell", position=0)
             for cell in todo:
                 bar.set_postfix_str(cell.id)

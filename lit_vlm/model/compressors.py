@@ -10,6 +10,9 @@ dividing grid_side, so each output token owns an s x s region of patches, s = gr
     perceiver     V learned queries cross-attend to all patches (resampler / Q-Former family)
     tokenpacker   bilinear point queries attend to their own region of multi-level features (arXiv 2407.02392)
     quecc         like tokenpacker, but the queries are conditioned on the user's question (the paper's QueCC)
+    random        V of the P patches drawn at random (baseline: arXiv 2502.11501); any V in 1..P
+    downsample    the image itself resized so the frozen tower yields V = v*v patches (baseline: arXiv
+                  2510.07143); acts before the tower (the VLM resizes the pixels), any v in 1..grid_side
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Compressor(nn.Module):
     multi_level: bool = False  # uses every level in `features`, not only the main (last) one
     needs_query: bool = False  # needs the question embedding `query` [B, Dq]
     has_params: bool = True  # False: out_dim is fixed to in_dim
+    resizes_image: bool = False  # True: the tower sees the image at side*patch pixels, not its own resolution
 
     def __init__(self, *, in_dim: int, grid_side: int, num_levels: int, visual_tokens: int,
                  query_dim: int | None = None, out_dim: int | None = None):
@@ -60,10 +64,24 @@ class Compressor(nn.Module):
     def accepts(cls, visual_tokens: int, grid_side: int) -> bool:
         return visual_tokens in cls.valid_visual_tokens(grid_side)
 
+    @classmethod
+    def describe_valid(cls, grid_side: int) -> str:
+        """The valid V, as the one-line error message shows them."""
+        return ", ".join(map(str, cls.valid_visual_tokens(grid_side)))
+
+    @property
+    def input_patches(self) -> int:
+        """Patches per level this compressor is fed (the tower's full grid unless it resizes the image)."""
+        return self.grid_side**2
+
+    def analytic_flops(self) -> float:
+        """FLOPs per image of the compressor alone (2 per multiply-add of its matmuls; no parameters: 0)."""
+        return 0.0
+
     def forward(self, features: torch.Tensor, query: torch.Tensor | None = None, return_attention: bool = False):
-        if features.dim() != 4 or features.shape[2] != self.grid_side**2 or features.shape[3] != self.in_dim:
+        if features.dim() != 4 or features.shape[2] != self.input_patches or features.shape[3] != self.in_dim:
             raise ValueError(
-                f"{type(self).__name__} expects features [B, n_levels, {self.grid_side**2}, {self.in_dim}], "
+                f"{type(self).__name__} expects features [B, n_levels, {self.input_patches}, {self.in_dim}], "
                 f"got {list(features.shape)}"
             )
         if self.multi_level and features.shape[1] != self.num_levels:
@@ -117,6 +135,9 @@ class PixelShuffle(Compressor):
         x = F.pixel_unshuffle(x, self.scale)  # [B, D*s*s, v, v]
         return self.proj(x.flatten(2).transpose(1, 2)), None
 
+    def analytic_flops(self):
+        return 2.0 * self.proj.weight.numel() * self.visual_tokens
+
 
 class Perceiver(Compressor):
     """V learned latent queries cross-attend to all main-level patches (`depth` blocks of attention + MLP)."""
@@ -129,6 +150,16 @@ class Perceiver(Compressor):
     @classmethod
     def accepts(cls, visual_tokens: int, grid_side: int) -> bool:
         return visual_tokens >= 1
+
+    @classmethod
+    def describe_valid(cls, grid_side: int) -> str:
+        return "any positive integer"
+
+    def analytic_flops(self):
+        V, P, dim, d_in = self.visual_tokens, self.input_patches, self.out_dim, self.in_dim
+        # per block: q and out projections (V tokens), k and v projections (P patches), scores and A V, MLP 4x
+        per_block = 2 * dim * dim * V + 2 * d_in * dim * P + 2 * V * P * dim + 8 * dim * dim * V
+        return 2.0 * per_block * len(self.blocks)
 
     def __init__(self, *, depth: int = 1, num_heads: int | None = None, **kw):
         super().__init__(**kw)
@@ -188,6 +219,15 @@ class RegionCrossAttention(nn.Module):
         cols = torch.arange(v).repeat(v)[:, None] * scale + torch.arange(scale).repeat(scale)
         self.register_buffer("region_index", rows * grid_side + cols, persistent=False)  # [V, s*s]
         self.num_patches = grid_side * grid_side
+        self.kv_dim, self.visual_tokens = kv_dim, v * v
+
+    def analytic_flops(self) -> float:
+        P, V, dim = self.num_patches, self.visual_tokens, self.dim
+        branches = 2 * (self.kv_dim * dim + dim * dim) * P  # key and value branches over every patch
+        # in-projections: q for V queries, k and v for the P keys (each region's s*s, V regions); scores and
+        # A V: each query against its s*s keys (P in all); out projection over V tokens
+        attn = dim * dim * V + 2 * dim * dim * P + 2 * dim * P + dim * dim * V
+        return 2.0 * (branches + attn)
 
     def forward(self, queries: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """queries [B, V, dim], features [B, n_levels, P, D] -> (attended [B, V, dim], attn [B, V, P])."""
@@ -231,6 +271,9 @@ class TokenPacker(Compressor):
         queries = self.q_in(points.flatten(2).transpose(1, 2))  # [B, V, out_dim]
         return self.attn(queries, features)
 
+    def analytic_flops(self):
+        return 2.0 * self.in_dim * self.out_dim * self.visual_tokens + self.attn.analytic_flops()
+
 
 class QueCC(Compressor):
     """QueCC (the paper's): question-conditioned queries from a depthwise strided conv, then region attention.
@@ -260,6 +303,66 @@ class QueCC(Compressor):
         x = self.down(self._grid(self.q_branch(x)))  # [B, dim, v, v]
         return self.attn(x.flatten(2).transpose(1, 2), features)
 
+    def analytic_flops(self):
+        D, dim, P = self.in_dim, self.out_dim, self.input_patches
+        # text_proj once per image, q_branch over every patch, depthwise conv (dim * s*s per output token)
+        return 2.0 * (self.query_dim * D + (D * dim + dim * dim) * P + dim * P) + self.attn.analytic_flops()
+
+
+class RandomSelect(Compressor):
+    """V of the P main-level patches, chosen at random, kept in raster order (no parameters).
+
+    Training draws afresh for every image of every step (torch's global RNG, so a seeded run repeats);
+    evaluation uses one fixed draw from ``seed``, the same patches for every image, so a score is repeatable.
+    """
+
+    has_params = False
+
+    def __init__(self, *, seed: int = 0, **kw):
+        super().__init__(**kw)
+        gen = torch.Generator().manual_seed(seed)
+        eval_index = torch.randperm(self.grid_side**2, generator=gen)[: self.visual_tokens].sort().values
+        self.register_buffer("eval_index", eval_index, persistent=False)  # a function of seed: not saved
+
+    @classmethod
+    def valid_visual_tokens(cls, grid_side: int) -> list[int]:
+        return list(range(1, grid_side * grid_side + 1))
+
+    @classmethod
+    def describe_valid(cls, grid_side: int) -> str:
+        return f"any integer 1..{grid_side * grid_side}"
+
+    def compress(self, features, query):
+        main = features[:, -1]  # [B, P, D]
+        B, P, _ = main.shape
+        if self.training:
+            index = torch.rand(B, P, device=main.device).argsort(1)[:, : self.visual_tokens].sort(1).values
+        else:
+            index = self.eval_index.expand(B, -1)
+        tokens = main.gather(1, index[..., None].expand(-1, -1, main.shape[2]))
+        keep = main.new_zeros(B, self.visual_tokens, P).scatter_(2, index[..., None], 1.0)  # which patch each is
+        return tokens, keep
+
+
+class Downsample(Compressor):
+    """The image resized to v*patch pixels, so the frozen tower itself yields V = v*v patches (any v in
+    1..grid_side). The resize happens before the tower (``VLM.encode_images``, ``resizes_image``); this module
+    passes the small grid's main level on. The tower's cost falls with V (position embeddings interpolated)."""
+
+    has_params = False
+    resizes_image = True
+
+    @classmethod
+    def valid_visual_tokens(cls, grid_side: int) -> list[int]:
+        return [v * v for v in range(1, grid_side + 1)]
+
+    @property
+    def input_patches(self) -> int:
+        return self.visual_tokens
+
+    def compress(self, features, query):
+        return features[:, -1], None
+
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
@@ -283,6 +386,8 @@ COMPRESSORS: dict[str, type[Compressor]] = {
     "perceiver": Perceiver,
     "tokenpacker": TokenPacker,
     "quecc": QueCC,
+    "random": RandomSelect,
+    "downsample": Downsample,
 }
 
 
@@ -296,7 +401,8 @@ def valid_visual_tokens(name: str, grid_side: int) -> list[int]:
     """The V values compressor `name` accepts on a grid_side x grid_side grid.
 
     Grid compressors need V = v*v with v dividing grid_side; identity only V = P; perceiver takes any V >= 1
-    (listed here as 1..P, the range that compresses).
+    (listed here as 1..P, the range that compresses); random any V in 1..P; downsample V = v*v, v in 1..grid_side
+    (the image resized to v patches on a side).
     """
     return _get(name).valid_visual_tokens(grid_side)
 
@@ -306,11 +412,9 @@ def build_compressor(name: str, *, in_dim: int, grid_side: int, num_levels: int,
     """Build compressor `name`; UserError for an unknown name, a V that does not fit, or an unknown option."""
     cls = _get(name)
     if not isinstance(visual_tokens, int) or not cls.accepts(visual_tokens, grid_side):
-        valid = cls.valid_visual_tokens(grid_side)
-        shown = "any positive integer" if cls is Perceiver else ", ".join(map(str, valid))
         raise UserError(
             f"visual_tokens={visual_tokens} does not fit a {grid_side}x{grid_side} patch grid for {name!r}; "
-            f"valid: {shown}"
+            f"valid: {cls.describe_valid(grid_side)}"
         )
     # options = keyword arguments of the class's __init__ chain, minus the ones we pass ourselves
     allowed = {p for c in cls.__mro__ if issubclass(c, Compressor) for p in inspect.signature(c.__init__).parameters}

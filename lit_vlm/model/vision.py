@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -186,7 +187,7 @@ class VisionTower(nn.Module):
         if image_size % patch_size:
             raise UserError(f"vision.pretrained={config.pretrained!r} has image_size {image_size} "
                             f"not divisible by patch_size {patch_size}")
-        self.image_size = image_size
+        self.image_size, self.patch_size = image_size, patch_size
         self._grid_side = image_size // patch_size
         _check_layers(list(config.feature_layers), hf.num_hidden_layers)
         self.feature_layers = list(config.feature_layers)
@@ -197,6 +198,7 @@ class VisionTower(nn.Module):
         # images is O(1) and the projector learns from it at once (measured: README, "Why standardise").
         self.register_buffer("feature_mean", torch.zeros(len(self.feature_layers), hf.hidden_size))
         self.register_buffer("feature_std", torch.ones(len(self.feature_layers), hf.hidden_size))
+        self.unused_weights = _park_unused_parameters(self.model, self.feature_layers, self.image_size, extra)
 
         if config.weights is not None:
             self.load_weights(config.weights)
@@ -252,19 +254,24 @@ class VisionTower(nn.Module):
         return self
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
+        """Full-size images give the full grid; a smaller square image whose side is a multiple of the patch
+        (the `downsample` compressor's) gives a smaller grid, its position embeddings interpolated by HF."""
+        h, w = pixel_values.shape[-2:]
+        if h != w or h % self.patch_size or not 0 < h <= self.image_size:
             raise ValueError(
-                f"pixel_values are {tuple(pixel_values.shape[-2:])} px; this {self.model_type} expects "
-                f"{self.image_size}x{self.image_size}"
+                f"pixel_values are {(h, w)} px; this {self.model_type} expects {self.image_size}x{self.image_size}, "
+                f"or a smaller square image whose side is a multiple of the patch size {self.patch_size}"
             )
+        side = h // self.patch_size
+        resized = {"interpolate_pos_encoding": True} if h != self.image_size else {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            out = self.model(pixel_values=pixel_values, output_hidden_states=True)
+            out = self.model(pixel_values=pixel_values, output_hidden_states=True, **resized)
         levels = torch.stack([out.hidden_states[i] for i in self.feature_layers], dim=1)  # [B, n, T, D]
-        expected = self.num_prefix_tokens + self.num_patches
+        expected = self.num_prefix_tokens + side * side
         if levels.shape[2] != expected:
             raise RuntimeError(
                 f"{self.model_type} returned {levels.shape[2]} tokens; expected {self.num_prefix_tokens} prefix + "
-                f"{self._grid_side}x{self._grid_side} patches = {expected}"
+                f"{side}x{side} patches = {expected}"
             )
         levels = levels[:, :, self.num_prefix_tokens :]
         return (levels - self.feature_mean[:, None]) / self.feature_std[:, None]
@@ -283,6 +290,37 @@ class VisionTower(nn.Module):
         mean = sums / total
         self.feature_mean.copy_(mean)
         self.feature_std.copy_((squares / total - mean.pow(2)).clamp_min(1e-12).sqrt())
+
+
+def _park_unused_parameters(model: nn.Module, feature_layers: list[int], image_size: int, extra: dict) -> list[str]:
+    """Turn the weights that cannot reach the chosen feature levels into buffers; returns their names.
+
+    The tower reads hidden states, so the final norm (post_layernorm / layernorm), a pooling head and every
+    layer above the highest chosen level never get a gradient. As parameters they would be "trained" by
+    nothing, and DDP stops on them ("parameters that were not used in producing the loss"). As buffers they
+    keep their names in the state dict, so checkpoints and pretrained weights load unchanged. Which weights
+    these are is found by autograd on a copy of the model on the meta device (no memory, no arithmetic),
+    so it holds for any family and any feature_layers.
+    """
+    try:
+        with torch.device("meta"):
+            probe = type(model)(model.config, **extra)
+            out = probe(pixel_values=torch.zeros(1, 3, image_size, image_size), output_hidden_states=True)
+            levels = sum(out.hidden_states[i].sum() for i in feature_layers)
+        names, params = zip(*probe.named_parameters())
+        grads = torch.autograd.grad(levels, params, allow_unused=True)
+    except (NotImplementedError, RuntimeError, TypeError) as err:  # a custom model that does not run on meta
+        warnings.warn(f"cannot tell which vision weights are unused ({type(err).__name__}); all stay parameters",
+                      stacklevel=2)
+        return []
+    unused = [n for n, g in zip(names, grads) if g is None]
+    for name in unused:
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        value = getattr(owner, attr).detach()
+        delattr(owner, attr)
+        owner.register_buffer(attr, value)
+    return unused
 
 
 def _as_int(x) -> int:

@@ -250,8 +250,20 @@ class VLM(nn.Module):
         )
 
     # --- images -> visual embeddings -----------------------------------------------------------------------
+    def tower_pixels(self) -> int:
+        """The side in pixels the tower sees: its own, or v patches for a compressor that resizes the image."""
+        if self.compressor.resizes_image:
+            return self.compressor.side * self.vision_tower.patch_size
+        return self.vision_tower.image_size
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, n_levels, P, D]."""
+        """[B, 3, H, W] -> [B, n_levels, P, D] (P = V for `downsample`: the image is resized first)."""
+        side = self.tower_pixels()
+        if pixel_values.shape[-1] != side:
+            # normalised pixels: resizing commutes with the per-channel affine normalisation; antialias
+            # averages the pixels each output pixel covers instead of sampling a few of them
+            pixel_values = nn.functional.interpolate(pixel_values, size=(side, side), mode="bilinear",
+                                                     align_corners=False, antialias=True)
         return self.vision_tower(pixel_values)
 
     def question_query(self, question_ids: torch.Tensor, question_mask: torch.Tensor | None = None) -> torch.Tensor:

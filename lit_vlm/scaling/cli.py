@@ -22,7 +22,8 @@ writes to --out:
                       frontier, metadata (n_points, loss, bootstrap scheme, seed, units)
   summary.txt         the summary printed to stdout
   frontier.png        error vs inference FLOPs per LLM size, fitted curves and the optimal frontier
-                      (Q = 0 and Q = --text-tokens)
+                      (Q = 0 and Q = --text-tokens); with --cost full a third panel: each cell at its full
+                      inference cost (tower + compressor + question pass + prefill) and the observed frontier
   error_vs_v.png      error vs visual tokens per LLM size
   compare_families.png  reasoning and OCR frontiers side by side, written when the table holds both
                       families (the other family gets a point fit with the same options)
@@ -30,6 +31,8 @@ writes to --out:
 examples:
   python -m lit_vlm scaling fit --results paper --family reasoning --out runs/paper_reasoning
   python -m lit_vlm scaling fit --results results/grid.csv --family ocr --law additive --out runs/ocr
+  python -m lit_vlm scaling fit --results results/cpu_baselines/results.csv --compressor random --cost full \
+      --out runs/random_full
 """
 
 
@@ -40,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m lit_vlm scaling", description="Scaling laws for visual tokens vs LLM size.")
-    sub = parser.add_subparsers(dest="command", metavar="fit | contrast | seeds")
+    sub = parser.add_subparsers(dest="command", metavar="fit | contrast | seeds | ocr-regime")
     fit = sub.add_parser("fit", help="fit a law, bootstrap it, validate it, find the optimal frontier",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     fit.add_argument("--results", required=True, help="'paper' (the paper's grid, shipped) or a grid-runner CSV")
@@ -56,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--metric", default="auto", help="auto | accuracy | anls | loss (grid tables; auto = "
                      "accuracy, error = 1 - accuracy as in the paper; loss = the family_loss column, the "
                      "family's per-token test loss)")
+    fit.add_argument("--cost", default="paper", help="paper | full: the cost of the observed frontier in fit.json "
+                     "(paper: 2 N (Q + V); full: the table's full_inference_flops, tower + compressor + question "
+                     "pass + prefill; needs the full-cost columns)")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     con = sub.add_parser("contrast", help="check the OCR-vs-reasoning contrast on a grid table (prints PASS/FAIL)")
     con.add_argument("--results", required=True, help="a grid-runner results.csv with both families")
@@ -67,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--family", default="reasoning", help="reasoning | ocr (default reasoning)")
     seeds.add_argument("--compressor", default=None, help="which compressor's rows, when the table has several")
     seeds.add_argument("--max-sd", type=float, default=0.015, help="per-run seed SD allowed (default 0.015)")
+    ocr = sub.add_parser("ocr-regime", help="OCR accuracy vs characters per visual token; where it collapses")
+    ocr.add_argument("--results", required=True, nargs="+", help="grid results.csv files (one per text length)")
+    ocr.add_argument("--out", required=True, help="output directory: ocr_regime.json, ocr_regime.png")
+    ocr.add_argument("--compressor", default=None, help="which compressor's rows, when the tables have several")
+    ocr.add_argument("--llm", default=None, help="which LLM's rows, when the tables have several")
+    ocr.add_argument("--fraction", type=float, default=0.5, help="collapse = below this x the plateau (0.5)")
+    ocr.add_argument("--no-plots", action="store_true", help="skip the PNG figure")
     return parser
 
 
@@ -86,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(format_noise(seed_noise(args.results, args.family, args.compressor), args.max_sd))
             return 0
+        if args.command == "ocr-regime":
+            return _ocr_regime(args, argv)
         if args.command != "fit":
-            raise UserError("missing command; allowed: fit, contrast, seeds (see --help)")
+            raise UserError("missing command; allowed: fit, contrast, seeds, ocr-regime (see --help)")
         return _fit(args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -107,12 +122,12 @@ def _fit(args, argv) -> int:
     law = get_law(args.law).name
     if args.bootstrap != 0 and args.bootstrap < 50:
         raise UserError(f"--bootstrap {args.bootstrap} is too few; allowed: 0 (no bootstrap) or an integer >= 50")
-    opts = dict(ocr_ambiguous=args.ocr_ambiguous, compressor=args.compressor, metric=args.metric)
+    opts = dict(ocr_ambiguous=args.ocr_ambiguous, compressor=args.compressor, metric=args.metric, cost=args.cost)
     results = load_results(args.results, args.family, **opts)
     extra = {"results": str(args.results), "ocr_ambiguous": args.ocr_ambiguous,
              "command": " ".join(["python -m lit_vlm scaling", *argv])}
     report = fit_report(results, law, n_bootstrap=args.bootstrap, scheme=args.bootstrap_scheme, seed=args.seed,
-                        text_tokens=args.text_tokens, extra=extra)
+                        text_tokens=args.text_tokens, extra=extra, cost=args.cost)
     summary = summary_text(report)
     with tempfile.TemporaryDirectory(prefix="lit_vlm_scaling_") as tmp:
         tmp = Path(tmp)
@@ -131,19 +146,51 @@ def _fit(args, argv) -> int:
     return 0
 
 
+def _ocr_regime(args, argv) -> int:
+    from lit_vlm.scaling.ocr_regime import load_ocr_rows, ocr_regime, plot_regime, summary
+
+    if not 0 < args.fraction < 1:
+        raise UserError(f"--fraction {args.fraction} must be in (0, 1)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    rows = load_ocr_rows(args.results, args.compressor, args.llm)
+    report = ocr_regime(rows, args.fraction)
+    report["command"] = " ".join(["python -m lit_vlm scaling", *argv])
+    report["results"] = [str(p) for p in args.results]
+    text = summary(report)
+    with tempfile.TemporaryDirectory(prefix="lit_vlm_ocr_") as tmp:
+        tmp = Path(tmp)
+        names = ["ocr_regime.json"]
+        (tmp / "ocr_regime.json").write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
+        if not args.no_plots:
+            plot_regime(report, rows).savefig(tmp / "ocr_regime.png", dpi=110)
+            names.append("ocr_regime.png")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.move(str(tmp / name), str(out / name))
+    print(text)
+    print(f"  wrote {', '.join(str(out / n) for n in names)}")
+    return 0
+
+
 def _plots(tmp, report, results, law, args, opts, families):
     """Write the PNGs into tmp: (file names, notes)."""
     from lit_vlm.scaling.fit import Fit, fit_law
     from lit_vlm.scaling.table import load_results
-    from lit_vlm.scaling.plots import plot_compare, plot_error_vs_v, plot_frontier
+    from lit_vlm.scaling.plots import plot_compare, plot_cost, plot_error_vs_v, plot_frontier
     from matplotlib.figure import Figure
 
     fit = Fit(law, results.family, report["params"], report["sse"], report["rmse"], len(results),
               report["converged"], 0.0, report["on_bound"], results.target)
     qs = sorted({0.0, float(args.text_tokens)})
-    fig = Figure(figsize=(6 * len(qs), 4.5), layout="constrained")
-    for ax, q in zip(fig.subplots(1, len(qs), squeeze=False)[0], qs):
+    panels = len(qs) + (args.cost == "full")
+    fig = Figure(figsize=(6 * panels, 4.5), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax, q in zip(axes, qs):
         plot_frontier(fit, results, q=q, ax=ax)
+    if args.cost == "full":
+        plot_cost(fit, results, "full", args.text_tokens, ax=axes[-1])
     fig.savefig(tmp / "frontier.png", dpi=110)
     plot_error_vs_v(fit, results).savefig(tmp / "error_vs_v.png", dpi=110)
     names, notes = ["frontier.png", "error_vs_v.png"], []

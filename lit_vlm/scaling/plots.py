@@ -72,3 +72,26 @@ def plot_compare(pairs: dict, q=0.0):
     for ax, (fit, results) in zip(axes, pairs.values()):
         plot_frontier(fit, results, q=q, ax=ax)
     return fig
+
+
+def plot_cost(fit: Fit, results: Results, cost="full", text_tokens=50.0, ax=None):
+    """Observed cells per LLM size against each cell's inference FLOPs under ``cost`` (the full ledger: tower,
+    compressor, question pass and prefill), the law's prediction at those cells, and the observed frontier."""
+    from lit_vlm.scaling.report import cell_costs, cost_frontier
+
+    fig, ax = _axes(ax)
+    flops = cell_costs(results, cost, text_tokens)
+    for i, n in enumerate(np.unique(results.n)):
+        m = np.flatnonzero(results.n == n)
+        m = m[np.argsort(results.v[m])]
+        ax.scatter(flops[m], results.error[m], color=f"C{i}", s=18, zorder=3)
+        ax.plot(flops[m], fit.predict(n, results.v[m]), color=f"C{i}", lw=1.2, label=f"N={n:g}B (law)")
+    front = cost_frontier(results, cost, text_tokens)["cells"]
+    ax.step([c["flops"] for c in front], [c["error"] for c in front], "k--", where="post", lw=1.5,
+            label="observed frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"inference FLOPs ({cost} cost)")
+    ax.set_ylabel(f"error ({results.target})")
+    ax.set_title(f"{results.family}: each cell at its {cost} inference cost")
+    ax.legend(fontsize=8)
+    return fig

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from lit_vlm import __version__
+from lit_vlm.errors import UserError
 from lit_vlm.scaling.bootstrap import bootstrap, derived
 from lit_vlm.scaling.fit import LOSS, LOSS_REASON, fit_law
 from lit_vlm.scaling.frontier import frontier, inference_flops, reference_budget
@@ -18,8 +19,42 @@ from lit_vlm.scaling.table import Results
 from lit_vlm.scaling.validate import compare_laws, validate
 
 
+FLOPS_UNITS = {
+    "paper": "2 N (Q + V) with N in raw parameters",
+    "full": "full inference: vision tower + compressor and projector + QueCC's question pass + 2 N (Q + V), "
+            "the table's full_inference_flops (mean over seeds)",
+}
+
+
+def cell_costs(results: Results, cost="paper", text_tokens=50.0) -> np.ndarray:
+    """Each cell's inference FLOPs under ``cost``: the paper's 2 N (Q + V) (Q = the table's mean when it
+    records one, else ``text_tokens``), or the full ledger the grid measured."""
+    if cost == "full":
+        if results.costs is None:
+            raise UserError("--cost full needs a table loaded with cost='full' (the full-cost columns)")
+        return results.costs["full_inference_flops"]
+    q = results.text_tokens if results.text_tokens is not None else float(text_tokens)
+    return inference_flops(results.n * 1e9, results.v, q)
+
+
+def cost_frontier(results: Results, cost="paper", text_tokens=50.0) -> dict:
+    """The observed frontier: cells sorted by cost, each kept when its error beats every cheaper cell's."""
+    flops = cell_costs(results, cost, text_tokens)
+    cells, best = [], np.inf
+    for i in np.argsort(flops, kind="stable"):
+        if results.error[i] < best:
+            best = results.error[i]
+            cells.append({"llm": results.llm[i], "n_billion": float(results.n[i]), "v": float(results.v[i]),
+                          "flops": float(flops[i]), "error": float(results.error[i])})
+    parts = None
+    if results.costs is not None:
+        parts = {k: {f"{llm}/V{v:g}": float(c[i]) for i, (llm, v) in enumerate(zip(results.llm, results.v))}
+                 for k, c in results.costs.items()}
+    return {"cost": cost, "units": FLOPS_UNITS[cost], "cells": cells, "ledger": parts}
+
+
 def fit_report(results: Results, law="multiplicative", *, n_bootstrap=1000, scheme="case", seed=0,
-               text_tokens=50.0, extra: dict | None = None) -> dict:
+               text_tokens=50.0, extra: dict | None = None, cost="paper") -> dict:
     law = get_law(law)
     q_values = sorted({0.0, 50.0, float(text_tokens)})
     v_max = float(results.v.max())
@@ -48,13 +83,16 @@ def fit_report(results: Results, law="multiplicative", *, n_bootstrap=1000, sche
         "profile_D": profile.to_dict(),
         "validation": val.to_dict(), "law_comparison": compare_laws(results),
         "frontier": _frontier_table(fit, results, q_values),
+        "cost": cost,
+        "observed_frontier": cost_frontier(results, cost, text_tokens),
         "metadata": {
             "n_points": len(results), "n_missing_dropped": results.n_missing, "loss": LOSS, "loss_reason": LOSS_REASON,
             "bootstrap": boot.to_dict() if boot else None, "bootstrap_scheme": scheme if boot else None,
             "n_bootstrap": n_bootstrap, "seed": seed, "text_tokens": float(text_tokens),
             "units": {"N": "LLM parameters in billions, embeddings excluded (grid-runner counts divided by 1e9)",
                       "V": "visual tokens", "error": results.target,
-                      "flops": "2 N (Q + V) with N in raw parameters"},
+                      "flops": "2 N (Q + V) with N in raw parameters (the fitted law's frontier)",
+                      "observed_frontier_flops": FLOPS_UNITS[cost]},
             "v_range": [1.0, v_max], "fitter": "variable projection: exponent grid + NNLS, damped (Gauss-)Newton",
             "grad_norm": fit.grad_norm, "data": results.to_dict(), "lit_vlm_version": __version__, **(extra or {})},
     }
@@ -101,6 +139,10 @@ def summary_text(report: dict) -> str:
         b = big["baselines"]
         lines.append(f"  held out {big['held_out']}: MAE {big['mae']:.4f} ({100 * big['mean_rel']:.2f}% rel); "
                      f"log-linear {b['loglinear']['mae']:.4f}, per-V mean {b['group_mean']['mae']:.4f}")
+    obs = report["observed_frontier"]
+    lines.append(f"  observed frontier ({obs['cost']} cost): "
+                 + ", ".join(f"{c['llm']} V={c['v']:g} ({c['flops']:.3g} FLOPs, error {c['error']:.3f})"
+                             for c in obs["cells"]))
     cmp = report["law_comparison"]
     lines.append(f"  laws: AIC prefers {cmp['preferred_by_aic']}"
                  + (f", leave-one-size-out prefers {cmp['preferred_by_leave_one_size_out']}"

@@ -7,6 +7,8 @@ Two schemas are understood:
   llm, llm_params (raw count, no embeddings), visual_tokens, family, accuracy, and optionally
   compressor, seed, text_tokens, anls, loss, family_loss. Other columns are ignored. ``metric="loss"`` fits
   ``family_loss`` (the family's own per-token test loss); ``loss`` pools both families, so it is never fitted.
+  ``cost="full"`` also reads the full inference-cost ledger (``FULL_COST``: tower, compressor, QueCC's
+  question pass, and their sum with the prefill), averaged over seeds like the error.
 
 Why the csv module and not pandas: an empty cell (a missing measurement, dropped and counted) must stay
 distinguishable from a written "nan" (a broken measurement, refused).
@@ -27,6 +29,8 @@ from lit_vlm.constants import FAMILIES
 from lit_vlm.errors import UserError
 
 METRICS = ("auto", "score", "accuracy", "anls", "loss")
+COSTS = ("paper", "full")
+FULL_COST = ("vision_flops", "compressor_flops", "question_flops", "full_inference_flops")
 PAPER_COLUMNS = ("family", "llm", "llm_params_billion", "visual_tokens", "score")
 GRID_COLUMNS = ("llm", "llm_params", "visual_tokens", "family")
 # The paper's OCR source lists one cell twice with different values; the note in the CSV carries both.
@@ -49,6 +53,7 @@ class Results:
     text_tokens: float | None = None  # mean Q in the table, when it records one
     compressor: str | None = None
     notes: list[str] = field(default_factory=list)
+    costs: dict[str, np.ndarray] | None = None  # cost="full": each FULL_COST column per cell (seed mean)
 
     def __len__(self) -> int:
         return len(self.error)
@@ -58,7 +63,8 @@ class Results:
         idx = np.flatnonzero(mask) if mask.dtype == bool else mask
         return Results(self.family, [self.llm[i] for i in idx], self.n[idx], self.v[idx], self.error[idx],
                        self.target, self.source, self.n_missing, self.n_seeds_averaged, self.text_tokens,
-                       self.compressor, list(self.notes))
+                       self.compressor, list(self.notes),
+                       None if self.costs is None else {k: c[idx] for k, c in self.costs.items()})
 
     def to_dict(self) -> dict:
         return {"family": self.family, "source": self.source, "target": self.target, "n_points": len(self),
@@ -90,18 +96,27 @@ def make_results(n_billion, v, *, error=None, score=None, family="custom", llm=N
 
 
 def load_results(source="paper", family="reasoning", *, ocr_ambiguous="flat", compressor=None,
-                 metric="auto") -> Results:
-    """Load one family from the paper's grid ("paper") or a grid-runner CSV path."""
+                 metric="auto", cost="paper") -> Results:
+    """Load one family from the paper's grid ("paper") or a grid-runner CSV path (``cost="full"``: with the
+    full-cost ledger per cell, which only grid tables written with it have)."""
     if family not in FAMILIES:
         raise UserError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
     if ocr_ambiguous not in ("flat", "row"):
         raise UserError(f"unknown --ocr-ambiguous {ocr_ambiguous!r}; allowed: flat, row")
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    if cost not in COSTS:
+        raise UserError(f"unknown cost {cost!r}; allowed: {', '.join(COSTS)}")
     header, rows, name = _read_csv(source)
+    if cost == "full":
+        missing = [c for c in FULL_COST if c not in header]
+        if missing:
+            raise UserError(f"--cost full needs the full-cost columns; results file {name!r} lacks "
+                            f"{', '.join(missing)} (a table written before the ledger: re-run its cells, "
+                            "or use --cost paper)")
     if "llm_params_billion" in header:
         return _from_paper(header, rows, name, family, ocr_ambiguous)
-    return _from_grid(header, rows, name, family, compressor, metric)
+    return _from_grid(header, rows, name, family, compressor, metric, cost == "full")
 
 
 def families_in(source="paper") -> list[str]:
@@ -178,7 +193,7 @@ def _from_paper(header, rows, name, family, ocr_ambiguous):
     return _frame(cells, family, "1 - score", name, missing, 0, None, None, notes)
 
 
-def _from_grid(header, rows, name, family, compressor, metric):
+def _from_grid(header, rows, name, family, compressor, metric, full_cost=False):
     _require(header, GRID_COLUMNS, name)
     if metric == "auto":  # error = 1 - accuracy, the paper's definition (the grid's loss pools both families)
         metric = "accuracy"
@@ -201,7 +216,7 @@ def _from_grid(header, rows, name, family, compressor, metric):
             raise UserError(f"compressor {compressor!r} not in {name!r}; present: {', '.join(present)}")
         rows = [r for r in rows if r.get("compressor", "") == compressor]
     upper = math.inf if metric == "loss" else 1.0
-    by_seed, missing, q = {}, 0, []
+    by_seed, missing, q, costs = {}, 0, [], {}
     for r in rows:
         where = f"{r['llm']}, V={r['visual_tokens']}, seed={r.get('seed', '')}"
         n = _number(r["llm_params"], "llm_params", where)
@@ -216,6 +231,12 @@ def _from_grid(header, rows, name, family, compressor, metric):
         if r.get("text_tokens"):
             q.append(_number(r["text_tokens"], "text_tokens", where))
         _add_cell(by_seed, (r["llm"], v, r.get("seed", "")), (n / 1e9, val), where)
+        if full_cost:
+            empty = [c for c in FULL_COST if r[c] == ""]
+            if empty:
+                raise UserError(f"--cost full: {', '.join(empty)} empty at {where} (a row written before the "
+                                "full-cost ledger); re-run that cell, or use --cost paper")
+            costs.setdefault((r["llm"], v), []).append([_number(r[c], c, where) for c in FULL_COST])
     # average the seeds of each (llm, V) cell: the law models the expected score, not one run's noise
     groups = {}
     for (llm, v, _), (n, val) in by_seed.items():
@@ -223,8 +244,13 @@ def _from_grid(header, rows, name, family, compressor, metric):
     cells = {k: (g[0][0], float(np.mean([x for _, x in g]))) for k, g in groups.items()}
     n_avg = sum(len(g) for g in groups.values() if len(g) > 1)
     target = "loss" if metric == "loss" else f"1 - {metric}"
-    return _frame(cells, family, target, name, missing, n_avg, float(np.mean(q)) if q else None,
-                  compressor or (present[0] or None), [f"{missing} empty cells dropped"] if missing else [])
+    res = _frame(cells, family, target, name, missing, n_avg, float(np.mean(q)) if q else None,
+                 compressor or (present[0] or None), [f"{missing} empty cells dropped"] if missing else [])
+    if full_cost:
+        keys = list(zip(res.llm, res.v.tolist()))
+        mean = {k: np.mean(costs[k], axis=0) for k in keys}
+        res.costs = {c: np.array([mean[k][i] for k in keys]) for i, c in enumerate(FULL_COST)}
+    return res
 
 
 def _add_cell(cells, key, value, where):

@@ -1,0 +1,254 @@
+"""Cells in parallel through submitit: the run paths, the table under concurrent writers, kill -9 of a worker
+and of the driver, the SLURM submission it would make, and bad input."""
+
+import csv
+import multiprocessing
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+from filelock import FileLock, Timeout
+
+from lit_vlm.errors import UserError
+from lit_vlm.grid import COLUMNS, ResultsTable, load_config, run_grid
+from lit_vlm.grid import launch
+from test_grid import TINY, read_rows, run_cli, write_config
+
+ONE_SIZE = {"llms": {"xs": TINY["llms"]["xs"]}}  # 1 size x 2 V = 2 cells, 4 rows
+
+
+def metrics(rows: list[dict]) -> dict:
+    keys = ("accuracy", "anls", "cer", "loss", "family_loss", "llm_params", "inference_flops", "train_steps")
+    return {(r["cell"], r["family"]): tuple(r[k] for k in keys) for r in rows}
+
+
+# --- the table under concurrent writers ---------------------------------------------------------------------
+def _writer(path: str, worker: int, rounds: int) -> None:
+    table = ResultsTable(Path(path))
+    row = {c: "1" for c in COLUMNS}
+    for i in range(rounds):
+        # its own cell (new rows each round) and a cell every writer replaces (the --force race)
+        table.replace_cell(f"w{worker}", [{**row, "cell": f"w{worker}", "family": f, "examples": i} for f in ("a", "b")])
+        table.replace_cell("shared", [{**row, "cell": "shared", "family": f, "examples": worker} for f in ("a", "b")])
+
+
+def test_concurrent_replace_cell_loses_and_duplicates_nothing(tmp_path):
+    path = tmp_path / "results.csv"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = read_rows(path)
+    keys = [(r["cell"], r["family"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 10  # 4 own cells + the shared one, 2 families each
+    assert {r["examples"] for r in rows if r["cell"].startswith("w")} == {"24"}  # each writer's last round
+    assert len({r["examples"] for r in rows if r["cell"] == "shared"}) == 1  # one writer's rows, whole
+    assert not list(tmp_path.glob(".results-*"))
+
+
+# --- the run paths -----------------------------------------------------------------------------------------
+def test_debug_and_slurm_array_paths_match_the_sequential_grid(tmp_path, monkeypatch):
+    """submitit's DebugExecutor runs the launcher's code path in this process: as ``debug`` and as the SLURM
+    array branch (one batch of submissions), each cell's metrics equal the sequential grid's, bitwise."""
+    import submitit
+
+    seq = load_config(str(write_config(tmp_path, **ONE_SIZE)))
+    expected = metrics(read_rows(run_grid(seq)))
+    debug = replace(seq, out_dir=str(tmp_path / "debug"), launch=replace(seq.launch, launcher="debug"))
+    assert metrics(read_rows(run_grid(debug))) == expected
+    assert "submitted (debug job" in (tmp_path / "debug" / "grid.log").read_text()
+
+    monkeypatch.setattr(launch, "make_executor", lambda cfg, folder: submitit.DebugExecutor(folder))
+    slurm = replace(seq, out_dir=str(tmp_path / "slurm"), launch=replace(seq.launch, launcher="slurm", workers=2))
+    assert metrics(read_rows(run_grid(slurm))) == expected
+    assert "submitted 2 cells as SLURM job array" in (tmp_path / "slurm" / "grid.log").read_text()
+
+    # --only with --force redoes that one cell and keeps the other's rows
+    before = read_rows(Path(debug.out_dir) / "results.csv")
+    run_grid(debug, force=True, only=["xs-V4-avgpool-s0"])
+    after = read_rows(Path(debug.out_dir) / "results.csv")
+    assert [r for r in after if r["cell"] == "xs-V1-avgpool-s0"] == [r for r in before if r["cell"] == "xs-V1-avgpool-s0"]
+    assert len(after) == 4 and metrics(after) == expected
+    assert "1 cells, 0 done, 1 to run" in (Path(debug.out_dir) / "grid.log").read_text()
+
+
+def _grid_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lit_vlm", "grid", "--config", str(config), "--launcher", "local", "--workers", "2",
+            *extra]
+
+
+def _wait(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running_cell(out: Path) -> str | None:
+    """A cell whose worker is running it: the worker holds the cell's lock, and its folder is there."""
+    for path in (out / "cells").glob(".*.lock") if (out / "cells").exists() else []:
+        cell, lock = path.name[1:-5], FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+            lock.release()
+        except Timeout:
+            if (out / "cells" / cell).exists():
+                return cell
+    return None
+
+
+def _worker_of(out: Path, cell: str) -> psutil.Process:
+    """The worker process of ``cell``: the child of the submitit controller whose job grid.log names."""
+    job = re.findall(rf"cell {re.escape(cell)} submitted \(local job (\d+)\)", (out / "grid.log").read_text())[-1]
+    return _wait(lambda: psutil.Process(int(job)).children(), 60, f"the worker of {cell}")[0]
+
+
+@pytest.mark.slow
+def test_local_workers_survive_kill_minus_9_of_a_worker_and_of_the_driver(tmp_path):
+    config = write_config(tmp_path, **ONE_SIZE)
+    out = tmp_path / "grid"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    # 1. kill -9 one worker mid-cell: that cell is reported failed with its worker's last line, the other finishes
+    driver = subprocess.Popen(_grid_command(config), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = _wait(lambda: _running_cell(out), 300, "a cell to start")
+    _worker_of(out, killed).send_signal(signal.SIGKILL)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1, err[-2000:]
+    assert f"{killed}: the worker died without a result" in err and "1 of 2 cells failed" in err
+    assert "Traceback" not in err
+    survivor = {r["cell"] for r in read_rows(out / "results.csv")}
+    assert len(survivor) == 1 and killed not in survivor
+    kept = read_rows(out / "results.csv")
+
+    # 2. the re-run redoes only that cell; kill -9 the driver mid-cell: its worker stops too (no orphan)
+    driver = subprocess.Popen(_grid_command(config), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(lambda: _running_cell(out) == killed, 300, "the failed cell to restart")
+    worker = _worker_of(out, killed)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    psutil.wait_procs([worker], timeout=30)
+    assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    assert read_rows(out / "results.csv") == kept  # untouched, still valid
+
+    assert (out / "grid.log").read_text().count("2 cells, 1 done, 1 to run") == 1
+
+    # 3. a last re-run (in this process, through submitit's debug mode) finishes the grid: every row once, the
+    # survivor's rows not redone
+    run_grid(load_config(str(config), "--launcher", "debug"))
+    rows = read_rows(out / "results.csv")
+    keys = [(r["cell"], r["family"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 4
+    assert [r for r in rows if r["cell"] in survivor] == kept
+    assert (out / "grid.log").read_text().count("2 cells, 1 done, 1 to run") == 2
+
+
+# --- SLURM without SLURM -----------------------------------------------------------------------------------
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """``srun`` and ``sbatch`` stand-ins on PATH: sbatch keeps the script it is given and answers with a job id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = tmp_path / "sbatch_scripts"
+    for name, body in (("srun", "exit 0"), ("sbatch", f'cp "$1" {scripts}/; echo "Submitted batch job 4242"')):
+        path = bin_dir / name
+        path.write_text(f"#!/bin/sh\nmkdir -p {scripts}\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return scripts
+
+
+def test_the_sbatch_array_submitit_would_write(tmp_path, fake_slurm):
+    cfg = load_config(str(write_config(tmp_path)), "--launcher", "slurm", "--workers", "2",
+                      "--launch.slurm.partition", "gpu", "--launch.slurm.time_min", "30", "--launch.slurm.mem_gb", "16",
+                      "--launch.slurm.cpus_per_cell", "4", "--launch.slurm.parameters", "{account: vlm, qos: high}",
+                      "--launch.slurm.additional_parameters", "{reservation: paper}")
+    executor = launch.make_executor(cfg, tmp_path / "submitit" / "%j")
+    with executor.batch():
+        jobs = [executor.submit(print, i) for i in range(3)]
+    assert [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2"]
+    (script,) = fake_slurm.iterdir()
+    flags = set(re.findall(r"^#SBATCH --(\S+)", script.read_text(), re.M))
+    for flag in ("partition=gpu", "time=30", "gpus-per-node=1", "array=0-2%2", "cpus-per-task=4", "mem=16384MB",
+                 "account=vlm", "qos=high", "reservation=paper", "job-name=lit_vlm-grid"):
+        assert flag in flags, (flag, sorted(flags))
+    assert "submitit.core._submit" in script.read_text()
+
+
+# --- bad input: one line, non-zero, nothing written ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["--launcher", "local", "--workers", "0"], ["--workers 0", "1 or more"]),
+        (["--workers", "2"], ["--workers 2 needs a launcher", "--launcher local"]),
+        (["--launcher", "lokal"], ["'lokal'", "none, local, slurm, debug"]),
+        (["--launch.launcher", "lokal"], ["lokal"]),
+    ],
+)
+def test_bad_launch_flags_are_one_line_before_any_file(tmp_path, capsys, argv, needles):
+    config = write_config(tmp_path)
+    code, _, err = run_cli(["grid", "--config", str(config), *argv], capsys)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
+
+
+def test_launcher_not_installed_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    code, _, err = run_cli(["grid", "--config", str(write_config(tmp_path)), "--launcher", "local"], capsys)
+    assert code == 2 and "pip install 'lit_vlm[launch]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "grid").exists()
+
+
+def test_slurm_refusals_are_one_line(tmp_path, capsys, monkeypatch, fake_slurm):
+    config = str(write_config(tmp_path))
+    code, _, err = run_cli(["grid", "--config", config, "--launcher", "slurm", "--launch.slurm.parameters", "{qso: high}"],
+                           capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Unavailable parameter(s): ['qso']" in err and "qos" in err
+    assert not (tmp_path / "grid").exists() and not fake_slurm.exists()  # nothing written, nothing submitted
+    monkeypatch.setenv("PATH", "/nonexistent")  # no srun: not a SLURM machine
+    with pytest.raises(UserError, match='Could not detect "srun"'):
+        launch.check_launch(replace(load_config(config), launch=replace(load_config(config).launch, launcher="slurm")))
+
+
+def test_more_workers_than_gpus(tmp_path, monkeypatch):
+    cfg = load_config(str(write_config(tmp_path)), "--launcher", "local", "--workers", "3")
+    monkeypatch.setattr(launch, "uses_gpu", lambda cfg: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    with pytest.raises(UserError, match=r"--workers 3 but 2 GPU\(s\) are visible here \(2, 5\).*--workers 2 or fewer"):
+        launch.check_launch(cfg)
+    assert launch.visible_gpus() == ["2", "5"]  # worker k gets the k-th of these, not GPU k
+
+
+def test_cpu_threads_are_split_between_workers(tmp_path):
+    cfg = load_config(str(write_config(tmp_path)), "--launcher", "local", "--workers", "2", "--num_threads", "4")
+    assert launch.threads_per_worker(cfg) == 2
+    assert launch.threads_per_worker(replace(cfg, num_threads=1)) == 1  # at least one each
+    assert launch.threads_per_worker(replace(cfg, launch=replace(cfg.launch, launcher="none"))) == 4
+
+
+def test_last_error_line_is_the_workers_exception():
+    import submitit
+
+    trace = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
+             "call last):\n  File \"x.py\", line 3, in f\nValueError: bad thing\n\n----------------------\nYou can check")
+    assert launch.last_error_line(submitit.core.utils.FailedJobError(trace)) == "ValueError: bad thing"
+    died = submitit.core.utils.UncompletedJobError("Job 1 (task: 0) with path x\nhas not produced any output (state: FINISHED)")
+    assert "died without a result" in launch.last_error_line(died)
