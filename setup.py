@@ -1,7 +1,7 @@
 """Packaging beyond pyproject.toml: a built wheel carries the committed grid results, so that a kit installed
 with pip (Colab) shows the same grid as a clone. results/<grid>/results.csv and grid.log, and the grid's config
 configs/grid/<grid>.yaml (as config.yaml), become package data under lit_vlm/_committed/<grid>/
-(lit_vlm.tutorial.committed_file finds them)."""
+(lit_vlm.tutorial.committed_file finds them); so do analyses a notebook reads, results/<grid>/regime/*.json."""
 
 import shutil
 from pathlib import Path
@@ -26,6 +26,10 @@ class BuildPyWithResults(build_py):
             for name, src in sources.items():
                 if src.is_file():
                     shutil.copyfile(src, out / name)
+        for report in sorted(ROOT.glob("results/*/regime/*.json")):  # e.g. the OCR sweep's regime (notebook 05)
+            out = Path(self.build_lib) / "lit_vlm" / "_committed" / report.parent.parent.name / "regime"
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(report, out / report.name)
 
 
 setup(cmdclass={"build_py": BuildPyWithResults})

@@ -407,10 +407,22 @@ def test_a_table_with_the_previous_header_still_loads(tmp_path):
 RATE_TOLERANCE, LOSS_TOLERANCE = 0.03, 0.01
 
 
-@pytest.mark.skipif(not COMMITTED.exists(), reason="results/cpu_mini has not been committed yet")
-def test_one_committed_cell_reproduces_within_tolerance(tmp_path):
-    cfg = load(ROOT / "configs" / "grid" / "cpu_mini.yaml")
-    rows = read_rows(COMMITTED)
+# Every committed grid: its config and its table (the OCR sweep's YAML is its 2-character grid).
+COMMITTED_GRIDS = {
+    "cpu_mini": ("cpu_mini.yaml", ROOT / "results" / "cpu_mini" / "results.csv"),
+    "cpu_baselines": ("cpu_baselines.yaml", ROOT / "results" / "cpu_baselines" / "results.csv"),
+    "cpu_ocr_sweep": ("cpu_ocr_sweep.yaml", ROOT / "results" / "cpu_ocr_sweep" / "chars02" / "results.csv"),
+}
+
+
+@pytest.mark.parametrize("grid", list(COMMITTED_GRIDS))
+def test_one_committed_cell_reproduces_within_tolerance(tmp_path, grid):
+    """The first (smallest) cell of each committed grid, re-run from its config and committed tower."""
+    config, committed_table = COMMITTED_GRIDS[grid]
+    if not committed_table.exists():
+        pytest.skip(f"{committed_table.relative_to(ROOT)} has not been committed yet")
+    cfg = load(ROOT / "configs" / "grid" / config)
+    rows = read_rows(committed_table)
     cell = min(rows, key=lambda r: (int(r["llm_params"]), int(r["visual_tokens"])))["cell"]
     tower = ROOT / cfg.tower.checkpoint
     cfg = replace(

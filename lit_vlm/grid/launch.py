@@ -126,7 +126,8 @@ def threads_per_worker(cfg: GridConfig) -> int | None:
     total = cfg.num_threads or torch.get_num_threads()
     each = max(1, total // launch.workers)
     log.info("cpu: %d thread(s) split between %d workers: %d each%s", total, launch.workers, each,
-             " (more workers than threads: the cores are oversubscribed)" if total < launch.workers else "")
+             f" (num_threads {total} < {launch.workers} workers: {launch.workers} threads in use)"
+             if total < launch.workers else "")
     return each
 
 
