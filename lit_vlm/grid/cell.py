@@ -42,25 +42,25 @@ def cell_model_args(cfg: GridConfig, cell: Cell) -> dict:
     return args
 
 
-def legacy_cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
-    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "before")."""
-    logger = CSVLogger(cell_dir, name="logs") if logger is None else logger
-    return L.Trainer(default_root_dir=cell_dir, logger=logger, enable_checkpointing=False,
-                     num_sanity_val_steps=0, limit_val_batches=0, **trainer_kwargs(cfg.trainer))
-
-
-def cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
+def cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None, progress_every: int | None = PROGRESS_EVERY) -> L.Trainer:
     """A cell's Trainer. The grid's own progress bar reports cells; a cell's progress bar, redrawn every step,
-    cost a small cell about as much as its arithmetic, so it refreshes only every ``PROGRESS_EVERY`` steps
-    unless the config sets its own progress bar. Nothing here changes what the cell computes."""
+    cost a small cell about as much as its arithmetic, so it refreshes only every ``progress_every`` steps
+    unless the config sets its own progress bar (None: Lightning's default bar, every step). Nothing here
+    changes what the cell computes."""
     kwargs = trainer_kwargs(cfg.trainer)
     callbacks = list(kwargs.pop("callbacks", None) or [])
-    if kwargs.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.append(RichProgressBar(refresh_rate=PROGRESS_EVERY) if _RICH_AVAILABLE
-                         else TQDMProgressBar(refresh_rate=PROGRESS_EVERY))  # Lightning's own choice of bar
+    if progress_every and kwargs.get("enable_progress_bar") is not False and \
+            not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(RichProgressBar(refresh_rate=progress_every) if _RICH_AVAILABLE
+                         else TQDMProgressBar(refresh_rate=progress_every))  # Lightning's own choice of bar
     logger = CSVLogger(cell_dir, name="logs") if logger is None else logger
     return L.Trainer(default_root_dir=cell_dir, logger=logger, enable_checkpointing=False,
                      num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks, **kwargs)
+
+
+def legacy_cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
+    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "before")."""
+    return cell_trainer(cfg, cell_dir, logger, progress_every=None)
 
 
 def ocr_chars(data: dict) -> float | None:

@@ -111,14 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
 
 
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    return out
+
+
+def _publish(out: Path, prefix: str, write) -> list[str]:
+    """``write(tmp)`` makes the outputs in a temporary folder and names them; only then are they moved into
+    ``out``, so a failure on the way (a plot, a disk) leaves ``out`` as it was."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        names = write(Path(tmp))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.move(str(Path(tmp) / name), str(out / name))
+    return names
+
+
 def _fit(args, argv) -> int:
     from lit_vlm.scaling.laws import get_law
     from lit_vlm.scaling.report import fit_report, summary_text
     from lit_vlm.scaling.table import families_in, load_results
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    out = _out_dir(args.out)
     law = get_law(args.law).name
     if args.bootstrap != 0 and args.bootstrap < 50:
         raise UserError(f"--bootstrap {args.bootstrap} is too few; allowed: 0 (no bootstrap) or an integer >= 50")
@@ -129,8 +145,9 @@ def _fit(args, argv) -> int:
     report = fit_report(results, law, n_bootstrap=args.bootstrap, scheme=args.bootstrap_scheme, seed=args.seed,
                         text_tokens=args.text_tokens, extra=extra, cost=args.cost)
     summary = summary_text(report)
-    with tempfile.TemporaryDirectory(prefix="lit_vlm_scaling_") as tmp:
-        tmp = Path(tmp)
+
+    def write(tmp: Path) -> list[str]:
+        nonlocal summary
         written = ["fit.json", "summary.txt"]
         if not args.no_plots:
             names, notes = _plots(tmp, report, results, law, args, opts, families_in(args.results))
@@ -138,9 +155,9 @@ def _fit(args, argv) -> int:
             summary += "".join(f"\n  note: {n}" for n in notes)
         (tmp / "fit.json").write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
         (tmp / "summary.txt").write_text(summary + "\n")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in written:
-            shutil.move(str(tmp / name), str(out / name))
+        return written
+
+    written = _publish(out, "lit_vlm_scaling_", write)
     print(summary)
     print(f"  wrote {', '.join(str(out / n) for n in written)}")
     return 0
@@ -151,24 +168,21 @@ def _ocr_regime(args, argv) -> int:
 
     if not 0 < args.fraction < 1:
         raise UserError(f"--fraction {args.fraction} must be in (0, 1)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    out = _out_dir(args.out)
     rows = load_ocr_rows(args.results, args.compressor, args.llm)
     report = ocr_regime(rows, args.fraction)
     report["command"] = " ".join(["python -m lit_vlm scaling", *argv])
     report["results"] = [str(p) for p in args.results]
     text = summary(report)
-    with tempfile.TemporaryDirectory(prefix="lit_vlm_ocr_") as tmp:
-        tmp = Path(tmp)
-        names = ["ocr_regime.json"]
+
+    def write(tmp: Path) -> list[str]:
         (tmp / "ocr_regime.json").write_text(json.dumps(_clean(report), indent=2, allow_nan=False) + "\n")
-        if not args.no_plots:
-            plot_regime(report, rows).savefig(tmp / "ocr_regime.png", dpi=110)
-            names.append("ocr_regime.png")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            shutil.move(str(tmp / name), str(out / name))
+        if args.no_plots:
+            return ["ocr_regime.json"]
+        plot_regime(report, rows).savefig(tmp / "ocr_regime.png", dpi=110)
+        return ["ocr_regime.json", "ocr_regime.png"]
+
+    names = _publish(out, "lit_vlm_ocr_", write)
     print(text)
     print(f"  wrote {', '.join(str(out / n) for n in names)}")
     return 0
