@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import pytest
 from filelock import FileLock, Timeout
 
 from lit_vlm.errors import UserError
-from lit_vlm.grid import COLUMNS, ResultsTable, load_config, run_grid
+from lit_vlm.grid import COLUMNS, CellsFailed, ResultsTable, cells_of, load_config, run_grid
 from lit_vlm.grid import launch
+from lit_vlm.grid.worker import read_statuses
 from test_grid import TINY, read_rows, run_cli, write_config
 
 ONE_SIZE = {"llms": {"xs": TINY["llms"]["xs"]}}  # 1 size x 2 V = 2 cells, 4 rows
@@ -94,67 +96,114 @@ def _wait(predicate, timeout: float, what: str):
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _running_cell(out: Path) -> str | None:
-    """A cell whose worker is running it: the worker holds the cell's lock, and its folder is there."""
-    for path in (out / "cells").glob(".*.lock") if (out / "cells").exists() else []:
-        cell, lock = path.name[1:-5], FileLock(path)
-        try:
-            lock.acquire(timeout=0)
-            lock.release()
-        except Timeout:
-            if (out / "cells" / cell).exists():
-                return cell
-    return None
+def _runs(out: Path) -> set[Path]:
+    runs = out / "submitit" / "runs"
+    return set(runs.iterdir()) if runs.exists() else set()
 
 
-def _worker_of(out: Path, cell: str) -> psutil.Process:
-    """The worker process of ``cell``: the child of the submitit controller whose job grid.log names."""
-    job = re.findall(rf"cell {re.escape(cell)} submitted \(local job (\d+)\)", (out / "grid.log").read_text())[-1]
-    return _wait(lambda: psutil.Process(int(job)).children(), 60, f"the worker of {cell}")[0]
+def _kill_a_worker_mid_cell(run: Path, spare: str) -> str:
+    """kill -9 a worker while it runs a cell (not ``spare``); returns that cell. The worker is stopped first, so
+    the status read then is the one it dies with."""
+    while True:
+        cell, pid = _wait(lambda: next(((c, s["pid"]) for c, s in read_statuses(run).items()
+                                        if s["state"] == "running" and c != spare), None), 300, "a cell to start")
+        os.kill(pid, signal.SIGSTOP)
+        status = read_statuses(run).get(cell, {})
+        if status.get("state") == "running" and status.get("pid") == pid:
+            os.kill(pid, signal.SIGKILL)
+            return cell
+        os.kill(pid, signal.SIGCONT)  # it finished that cell between the two looks: try again
 
 
 @pytest.mark.slow
-def test_local_workers_survive_kill_minus_9_of_a_worker_and_of_the_driver(tmp_path):
-    config = write_config(tmp_path, **ONE_SIZE)
+def test_local_workers_take_cells_one_by_one_and_survive_kill_minus_9(tmp_path):
+    config = write_config(tmp_path)  # 2 sizes x 2 V: 4 cells for 2 workers
     out = tmp_path / "grid"
+    cells = [c.id for c in cells_of(load_config(str(config)))]
+    broken = cells[-1]  # its folder is a file: the cell raises, its worker goes on
+    (out / "cells").mkdir(parents=True)
+    (out / "cells" / broken).write_text("not a folder")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    # 1. kill -9 one worker mid-cell: that cell is reported failed with its worker's last line, the other finishes
+    # 1. kill -9 one worker mid-cell: that cell and the broken one are reported, the other cells finish
     driver = subprocess.Popen(_grid_command(config), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = _wait(lambda: _running_cell(out), 300, "a cell to start")
-    _worker_of(out, killed).send_signal(signal.SIGKILL)
+    (run,) = _wait(lambda: _runs(out), 300, "the run to start")
+    killed = _kill_a_worker_mid_cell(run, spare=broken)
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 1, err[-2000:]
-    assert f"{killed}: the worker died without a result" in err and "1 of 2 cells failed" in err
+    assert f"{killed}: the worker died without a result" in err and "2 of 4 cells failed" in err
+    assert re.search(rf"{broken}: NotADirectoryError: .*{broken}/logs'", err), err[-2000:]
     assert "Traceback" not in err
-    survivor = {r["cell"] for r in read_rows(out / "results.csv")}
-    assert len(survivor) == 1 and killed not in survivor
-    kept = read_rows(out / "results.csv")
+    rows = read_rows(out / "results.csv")
+    keys = [(r["cell"], r["family"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 4 and {r["cell"] for r in rows} == set(cells) - {killed, broken}
+    ran = Counter(s["pid"] for s in read_statuses(run).values())  # cells per worker process
+    assert max(ran.values()) >= 2, ran  # one worker took several cells
+    kept = rows
 
-    # 2. the re-run redoes only that cell; kill -9 the driver mid-cell: its worker stops too (no orphan)
+    # 2. the re-run takes only the two failed cells; kill -9 the driver mid-cell: its workers stop too
+    (out / "cells" / broken).unlink()
+    before = _runs(out)
     driver = subprocess.Popen(_grid_command(config), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait(lambda: _running_cell(out) == killed, 300, "the failed cell to restart")
-    worker = _worker_of(out, killed)
+    (run,) = _wait(lambda: _runs(out) - before, 300, "the re-run to start")
+    pid = _wait(lambda: next((s["pid"] for s in read_statuses(run).values() if s["state"] == "running"), None), 300,
+                "a cell to restart")
+    worker = psutil.Process(pid)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     psutil.wait_procs([worker], timeout=30)
     assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
     assert read_rows(out / "results.csv") == kept  # untouched, still valid
-
-    assert (out / "grid.log").read_text().count("2 cells, 1 done, 1 to run") == 1
+    assert set(read_statuses(run)) <= {killed, broken}
+    assert (out / "grid.log").read_text().count("4 cells, 2 done, 2 to run") == 1
 
     # 3. a last re-run (in this process, through submitit's debug mode) finishes the grid: every row once, the
-    # survivor's rows not redone
+    # finished cells not redone
     run_grid(load_config(str(config), "--launcher", "debug"))
     rows = read_rows(out / "results.csv")
     keys = [(r["cell"], r["family"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 4
-    assert [r for r in rows if r["cell"] in survivor] == kept
-    assert (out / "grid.log").read_text().count("2 cells, 1 done, 1 to run") == 2
+    assert len(keys) == len(set(keys)) == 8
+    assert [r for r in rows if r["cell"] not in (killed, broken)] == kept
+    assert (out / "grid.log").read_text().count("4 cells, 2 done, 2 to run") == 2
+
+
+def test_a_failing_cell_and_a_cell_held_elsewhere_are_reported_while_the_rest_finish(tmp_path):
+    """debug: the workers' code in this process. A cell that raises is failed with its error line and the worker
+    goes on; a cell whose lock another process holds is left to it; one worker takes every other cell."""
+    cfg = load_config(str(write_config(tmp_path)), "--launcher", "debug", "--workers", "2")
+    out = Path(cfg.out_dir)
+    cells = [c.id for c in cells_of(cfg)]
+    (out / "cells").mkdir(parents=True)
+    (out / "cells" / cells[1]).write_text("not a folder")
+    held = FileLock(out / "cells" / f".{cells[2]}.lock")
+    held.acquire()
+    try:
+        with pytest.raises(CellsFailed) as info:
+            run_grid(cfg)
+    finally:
+        held.release()
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("2 of 4 cells failed") and len(lines) == 3, lines
+    assert re.fullmatch(rf"{cells[1]}: NotADirectoryError: .*{cells[1]}/logs'", lines[1]), lines
+    assert lines[2].startswith(f"{cells[2]}: being run by another process"), lines
+    assert {r["cell"] for r in read_rows(out / "results.csv")} == {cells[0], cells[3]}
+    (run,) = _runs(out)
+    statuses = read_statuses(run)
+    assert {c: (s["state"], s["worker"]) for c, s in statuses.items()} == {
+        cells[0]: ("done", 0), cells[1]: ("failed", 0), cells[3]: ("done", 0)}
+    log = (out / "grid.log").read_text()
+    assert f"cell {cells[1]} FAILED: NotADirectoryError" in log and "1/4 done, 0 running, 2 left, 1 failed" in log
+    assert "2/4 done, 0 running, 0 left, 2 failed" in log.splitlines()[-1]
+
+    (out / "cells" / cells[1]).unlink()
+    run_grid(cfg)  # the same command again: only the two
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == len({(r["cell"], r["family"]) for r in rows}) == 8
+    assert "4 cells, 2 done, 2 to run" in (out / "grid.log").read_text()
 
 
 # --- SLURM without SLURM -----------------------------------------------------------------------------------

@@ -12,23 +12,25 @@
 4. Cells (cell.py, run.py): each trains and evaluates through the same LitVLM as ``fit``; its rows (one per
    task family) replace its old rows in ``results.csv`` atomically (table.py), so the table is valid after a
    kill -9 at any moment. Finished cells are skipped on a re-run; an interrupted one is redone.
-5. Launchers (launch.py): with ``--launcher local`` or ``slurm`` the cells run in their own processes through
-   submitit (K at once on this machine, or one SLURM job array); each appends its own rows under the table's
-   file lock. Stage 0 and the feature cache are still built once, by the driver, before any cell.
+5. Launchers (launch.py, worker.py): with ``--launcher local`` K long-lived worker processes (submitit) take
+   the cells one by one, each loading once; with ``slurm`` every cell is one task of a SLURM job array. Each
+   appends its own rows under the table's file lock. Stage 0 and the feature cache are still built once, by
+   the driver, before any cell.
 """
 
 from lit_vlm.grid.cache import CachedTower, FeatureStore, build_store
 from lit_vlm.grid.cell import cell_model_args, run_cell
 from lit_vlm.grid.cli import build_parser, load_config, main, parse
 from lit_vlm.grid.config import Cell, GridConfig, LaunchConfig, SlurmConfig, cells_of, check_sections, validate
-from lit_vlm.grid.launch import CellsFailed, cell_job, run_cells
+from lit_vlm.grid.launch import CellsFailed, run_cells
 from lit_vlm.grid.run import load_or_train_tower, run_grid
 from lit_vlm.grid.table import COLUMNS, LEGACY_COLUMNS, ResultsTable
+from lit_vlm.grid.worker import cell_job, worker_job
 from lit_vlm.tower import TowerConfig
 
 __all__ = [
     "COLUMNS", "LEGACY_COLUMNS", "CachedTower", "Cell", "CellsFailed", "FeatureStore", "GridConfig", "LaunchConfig",
     "ResultsTable", "SlurmConfig", "TowerConfig", "build_parser", "build_store", "cell_job", "cell_model_args",
     "cells_of", "check_sections", "load_config", "load_or_train_tower", "main", "parse", "run_cell", "run_cells",
-    "run_grid", "validate",
+    "run_grid", "validate", "worker_job",
 ]

@@ -1,37 +1,41 @@
 """Cells in parallel, each in its own process, through submitit (``launch.launcher``: local, slurm or debug).
 
 The driver (run.py) checks everything, trains or loads the stage-0 tower and builds the feature cache once;
-then this module submits one job per cell that is not done yet. Each job (``cell_job``) reads the tower
-checkpoint and the feature store from disk, runs ``run_cell`` and appends its own rows to ``results.csv``
-under the table's file lock, so the table grows as cells finish and survives the driver's death.
+then this module starts the jobs and follows them. Whatever runs a cell appends its own rows to
+``results.csv`` under the table's file lock, so the table grows as cells finish and survives the driver.
 
-- local: submitit's LocalExecutor, one process per cell, at most ``workers`` at once; on a GPU machine one
-  GPU each (CUDA_VISIBLE_DEVICES), on a CPU the grid's num_threads split between them.
-- slurm: submitit's SlurmExecutor, every cell as one task of a single job array (``--array=0-N%workers``).
-- debug: submitit's DebugExecutor, the same code path with each job run inside the driver (pdb on failure).
+- local: submitit's LocalExecutor, ``workers`` long-lived processes (worker.py): each imports and loads once,
+  then takes the cells one by one until none is left, so a laptop pays a process's start-up K times, not once
+  per cell. On a GPU machine one GPU each (CUDA_VISIBLE_DEVICES), on a CPU the grid's num_threads split
+  between them. The driver follows the workers' status files (done / running / left / failed, ETA).
+- debug: submitit's DebugExecutor, the same workers run one after another inside the driver (pdb on failure).
+- slurm: submitit's SlurmExecutor, every cell as one task of a single job array (``--array=0-N%workers``):
+  a cluster schedules, places and accounts jobs, and its nodes start in parallel anyway.
 
-A job that fails or dies (kill -9, out of memory) is reported with its last error line; the other cells go
-on and the grid ends with a non-zero status. Its rows were never written, so a re-run redoes only that cell.
+A cell that raises is reported failed with its last error line and its worker goes on; a worker that dies
+(kill -9, out of memory) is reported with the cell it held, and replaced while cells are left. The grid then
+ends with a non-zero status; the failed cells' rows were never written, so a re-run redoes only them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import shlex
-import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from filelock import FileLock, Timeout
-from lightning.pytorch.utilities import rank_zero_only
+from filelock import Timeout
 from tqdm.auto import tqdm
 
 from lit_vlm.errors import UserError
 from lit_vlm.grid.config import Cell, GridConfig, LaunchConfig
+from lit_vlm.grid.worker import FAILED, RUNNING, cell_job, cell_lock, read_statuses, worker_job, write_status
 
 log = logging.getLogger("lit_vlm.grid")
 POLL_S = 0.5
@@ -131,51 +135,6 @@ def threads_per_worker(cfg: GridConfig) -> int | None:
     return each
 
 
-# --- in the worker ----------------------------------------------------------------------------------------
-def _exit_with_driver(driver_pid: int) -> None:
-    """A local worker stops when its driver is gone (kill -9): a re-run must not race an orphan for a cell."""
-    while True:
-        time.sleep(1.0)
-        try:
-            os.kill(driver_pid, 0)
-        except ProcessLookupError:
-            os._exit(3)
-        except PermissionError:
-            pass  # exists, another user's: cannot happen for our own parent, keep waiting
-
-
-def cell_job(cfg: GridConfig, cell: Cell, store_folder: str | None, threads: int | None,
-             driver_pid: int | None) -> str:
-    """One submitted cell: train, evaluate, append its rows to the table. Returns its grid.log summary."""
-    from lit_vlm import tower as stage0
-    from lit_vlm.grid.cache import FeatureStore
-    from lit_vlm.grid.cell import run_cell
-    from lit_vlm.grid.run import stage0_args, torch_threads
-    from lit_vlm.grid.table import ResultsTable
-
-    if driver_pid is not None:
-        threading.Thread(target=_exit_with_driver, args=(driver_pid,), daemon=True).start()
-    out = Path(cfg.out_dir)
-    lock = FileLock(out / "cells" / f".{cell.id}.lock")  # one process per cell, also across two drivers
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise RuntimeError(f"cell {cell.id} is being run by another process (its lock {lock.lock_file} is held)") from None
-    try:
-        with torch_threads(threads):
-            start = time.perf_counter()
-            tower_state = stage0.load_or_train(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
-            store = FeatureStore(Path(store_folder)) if store_folder else None
-            rows, cache_note = run_cell(cfg, cell, tower_state, store)
-            if rank_zero_only.rank == 0:
-                ResultsTable(out / "results.csv").replace_cell(cell.id, rows)
-    finally:
-        lock.release()
-    summary = ", ".join(f"{r['family']} acc={r['accuracy']:.3f}" for r in rows)
-    return f"done in {time.perf_counter() - start:.1f}s: {summary}; {cache_note}"
-
-
 # --- in the driver ----------------------------------------------------------------------------------------
 def last_error_line(err: BaseException) -> str:
     """The worker's own last error line out of submitit's report (its traceback, or why there is none)."""
@@ -224,8 +183,36 @@ class Progress:
         self.bar.close()
 
 
-def run_cells(cfg: GridConfig, todo: list[Cell], total: int, store_folder: str | None) -> None:
-    """Submit ``todo`` through the configured launcher and wait; raises CellsFailed if any cell failed."""
+def run_cells(cfg: GridConfig, todo: list[Cell], total: int, store_folder: str | None, force: bool = False) -> None:
+    """Run ``todo`` through the configured launcher and wait; raises CellsFailed if any cell failed."""
+    progress = Progress(total=total, done_before=total - len(todo), todo=len(todo))
+    try:
+        if cfg.launch.launcher == "slurm":
+            failures = _run_array(cfg, todo, store_folder, progress)
+        else:
+            failures = _run_workers(cfg, todo, store_folder, force, progress)
+    finally:
+        progress.close()
+    if failures:
+        raise CellsFailed(f"{len(failures)} of {len(todo)} cells failed (the others' rows are in the table; "
+                          "re-run the same command to redo only these):\n" +
+                          "\n".join(f"{cell}: {reason}" for cell, reason in failures.items()))
+
+
+def _thread_env(threads: int | None) -> list[str]:
+    """A CPU worker's thread pools pinned before its first import: torch's OpenMP and MKL, numpy's BLAS and the
+    tokenizers' Rayon pool would otherwise each start one thread per core and contend with the other workers."""
+    if not threads:
+        return []
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+    return ["export " + " ".join(f"{name}={threads}" for name in names)]
+
+
+def _run_workers(cfg: GridConfig, todo: list[Cell], store_folder: str | None, force: bool,
+                 progress: Progress) -> dict[str, str]:
+    """``local`` and ``debug``: K long-lived workers (worker.worker_job) take the cells one by one; the driver
+    follows their status files, reports each cell, and replaces a worker that died in a cell while cells are
+    left. Returns the failed cells with their reasons."""
     launch = cfg.launch
     out = Path(cfg.out_dir)
     executor = make_executor(cfg, out / "submitit" / "%j")
@@ -234,47 +221,113 @@ def run_cells(cfg: GridConfig, todo: list[Cell], total: int, store_folder: str |
     if gpus:
         log.info("gpu: %d workers, one GPU each, of %s", launch.workers, ", ".join(gpus))
     driver_pid = os.getpid() if launch.launcher == "local" else None
-    progress = Progress(total=total, done_before=total - len(todo), todo=len(todo))
-    pending, running, failures = list(todo), {}, []
-    free = list(range(launch.workers))
+    run_dir = out / "submitit" / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_dir.mkdir(parents=True)
+    jobs: dict = {}  # job -> (worker id, GPU slot)
+    seen: dict[str, str] = {}  # cell -> the last state reported
+    failures: dict[str, str] = {}
+    stops: list[str] = []  # workers that died outside a cell
 
-    def submit(cell: Cell, slot: int):
-        if gpus:  # the worker's one GPU, named as this process sees it (an index, a UUID or a MIG id)
-            executor.update_parameters(setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus[slot])}"])
-        job = executor.submit(cell_job, cfg, cell, store_folder, threads, driver_pid)
-        running[job] = (cell, slot)
-        log.info("cell %s submitted (%s job %s); %s", cell.id, launch.launcher, job.job_id, progress.line(len(running)))
+    worker_ids = itertools.count()
+
+    def submit(slot: int) -> None:
+        wid = next(worker_ids)  # never reused: a replacement's status files are told apart from its predecessor's
+        if launch.launcher == "local":
+            gpu = [f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus[slot])}"] if gpus else []  # as this process names it
+            executor.update_parameters(setup=_thread_env(threads) + gpu)
+        job = executor.submit(worker_job, cfg, todo, str(run_dir), store_folder, threads, driver_pid, force, wid)
+        jobs[job] = (wid, slot)
+        log.info("worker %d submitted (%s job %s)", wid, launch.launcher, job.job_id)
+
+    def poll() -> dict[str, dict]:
+        statuses = read_statuses(run_dir)
+        running = sum(s["state"] == RUNNING for s in statuses.values())
+        # in the order the cells started, the ones still running last (debug reads a whole worker's at once)
+        for cell_id, s in sorted(statuses.items(), key=lambda item: (item[1]["state"] == RUNNING, item[1]["started"])):
+            if seen.get(cell_id) == s["state"]:
+                continue
+            seen[cell_id] = s["state"]
+            if s["state"] == RUNNING:
+                progress.update(running)
+                log.info("cell %s started by worker %d (pid %d); %s", cell_id, s["worker"], s["pid"], progress.line(running))
+            elif s["state"] == FAILED:
+                failures[cell_id] = s["error"]
+                progress.update(running, finished=True, failed=True)
+                log.error("cell %s FAILED: %s; %s", cell_id, s["error"], progress.line(running))
+            else:
+                progress.update(running, finished=True)
+                log.info("cell %s %s; %s", cell_id, s["note"], progress.line(running))
+        return statuses
 
     try:
-        if launch.launcher == "slurm":  # one array; SLURM itself keeps at most `workers` running
-            with executor.batch():
-                jobs = [executor.submit(cell_job, cfg, cell, store_folder, threads, None) for cell in pending]
-            running = {job: (cell, 0) for job, cell in zip(jobs, pending)}
-            log.info("submitted %d cells as SLURM job array %s", len(jobs), jobs[0].job_id.split("_")[0] if jobs else "-")
-            pending = []
-        while pending or running:
-            while pending and free:
-                submit(pending.pop(0), free.pop(0))
+        for slot in range(min(launch.workers, len(todo))):
+            submit(slot)
+        while jobs:
+            finished = [job for job in jobs if job.done()]
+            statuses = poll()  # read after the jobs' states: a dead worker's last status is in it
+            for job in finished:
+                wid, slot = jobs.pop(job)
+                error = job.exception()
+                if error is None:
+                    continue  # nothing left for it
+                reason = last_error_line(error)
+                held = [c for c, s in statuses.items() if s["state"] == RUNNING and s["worker"] == wid]
+                for cell_id in held:  # it died in this cell: the cell failed, the others go on
+                    write_status(run_dir, cell_id, **{**statuses[cell_id], "state": FAILED, "error": reason})
+                if not held:
+                    stops.append(f"worker {wid}: {reason}")
+                    log.error("worker %d stopped outside a cell: %s", wid, reason)
+                statuses = poll()
+                if held and any(c.id not in statuses for c in todo):
+                    submit(slot)  # a replacement, so K workers still share the cells left
+            if not finished:
+                time.sleep(POLL_S)
+    finally:
+        for job in jobs:  # the driver is stopping (Ctrl-C, an error): do not leave orphans behind
+            job.cancel(check=False)
+    statuses = poll()
+    for cell in todo:
+        if cell.id in statuses:
+            continue
+        lock = cell_lock(out, cell.id)
+        try:
+            lock.acquire(timeout=0)
+            lock.release()
+            reason = "not run: every worker stopped" + (f" ({stops[-1]})" if stops else "")
+        except Timeout:
+            reason = f"being run by another process (its lock {lock.lock_file} is held)"
+        failures[cell.id] = reason
+        progress.update(0, finished=True, failed=True)
+        log.error("cell %s FAILED: %s; %s", cell.id, reason, progress.line(0))
+    return failures
+
+
+def _run_array(cfg: GridConfig, todo: list[Cell], store_folder: str | None, progress: Progress) -> dict[str, str]:
+    """``slurm``: every cell as one task of one job array (a cluster schedules jobs, so a task per cell costs
+    nothing there and lets SLURM place, requeue and account each cell). Returns the failed cells."""
+    executor = make_executor(cfg, Path(cfg.out_dir) / "submitit" / "%j")
+    threads = threads_per_worker(cfg)
+    with executor.batch():  # SLURM itself keeps at most `workers` running
+        jobs = [executor.submit(cell_job, cfg, cell, store_folder, threads, None) for cell in todo]
+    running = dict(zip(jobs, todo))
+    log.info("submitted %d cells as SLURM job array %s", len(jobs), jobs[0].job_id.split("_")[0] if jobs else "-")
+    failures = {}
+    try:
+        while running:
             finished = [job for job in running if job.done()]
             for job in finished:
-                cell, slot = running.pop(job)
-                free.append(slot)
+                cell = running.pop(job)
                 error = job.exception()
                 if error is None:
                     progress.update(len(running), finished=True)
                     log.info("cell %s %s; %s", cell.id, job.result(), progress.line(len(running)))
                 else:
-                    reason = last_error_line(error)
-                    failures.append(f"{cell.id}: {reason}")
+                    failures[cell.id] = last_error_line(error)
                     progress.update(len(running), finished=True, failed=True)
-                    log.error("cell %s FAILED: %s; %s", cell.id, reason, progress.line(len(running)))
+                    log.error("cell %s FAILED: %s; %s", cell.id, failures[cell.id], progress.line(len(running)))
             if not finished:
                 time.sleep(POLL_S)
     finally:
-        progress.close()
-        for job in running:  # the driver is stopping (Ctrl-C, an error): do not leave orphans behind
+        for job in running:
             job.cancel(check=False)
-    if failures:
-        raise CellsFailed(f"{len(failures)} of {len(todo)} cells failed (the others' rows are in the table; "
-                          "re-run the same command to redo only these):\n" + "\n".join(failures))
-
+    return failures

@@ -117,7 +117,7 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
                 tower.load_state_dict(tower_state)
                 store = build_store(out / "features", tower, dm.datasets)
             if cfg.launch.launcher != "none":
-                run_cells(cfg, todo, len(cells), str(store.folder) if store is not None else None)
+                run_cells(cfg, todo, len(cells), str(store.folder) if store is not None else None, force)
                 return table.path
             bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="cell", position=0)
             for cell in todo:
