@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
+from types import SimpleNamespace
 from pathlib import Path
 
 import psutil
@@ -21,7 +22,7 @@ from filelock import FileLock, Timeout
 from lit_vlm.errors import UserError
 from lit_vlm.grid import COLUMNS, CellsFailed, ResultsTable, cells_of, load_config, run_grid
 from lit_vlm.grid import launch
-from lit_vlm.grid.worker import read_statuses
+from lit_vlm.grid.worker import read_statuses, write_status
 from test_grid import TINY, read_rows, run_cli, write_config
 
 ONE_SIZE = {"llms": {"xs": TINY["llms"]["xs"]}}  # 1 size x 2 V = 2 cells, 4 rows
@@ -204,6 +205,56 @@ def test_a_failing_cell_and_a_cell_held_elsewhere_are_reported_while_the_rest_fi
     rows = read_rows(out / "results.csv")
     assert len(rows) == len({(r["cell"], r["family"]) for r in rows}) == 8
     assert "4 cells, 2 done, 2 to run" in (out / "grid.log").read_text()
+
+
+class _InlineJob:
+    """A submitit job stand-in that ran at submission and kept its outcome (a worker that raises = one that died)."""
+
+    job_id = "inline"
+
+    def __init__(self, fn, args):
+        try:
+            self._error = None
+            fn(*args)
+        except Exception as err:
+            self._error = err
+
+    def done(self):
+        return True
+
+    def exception(self):
+        return self._error
+
+    def cancel(self, check=True):
+        pass
+
+
+def test_a_worker_that_dies_is_reported_with_its_cell_and_replaced(tmp_path, monkeypatch):
+    real = launch.worker_job
+
+    def dies_in_its_first_cell(cfg, todo, run_dir, *args):
+        worker = args[-1]
+        if worker == 0:  # claims the first cell as a real worker does, then dies in it
+            write_status(Path(run_dir), todo[0].id, state="running", worker=0, pid=os.getpid(), started=time.time())
+            raise RuntimeError("worker 0 was killed")
+        return real(cfg, todo, run_dir, *args)
+
+    monkeypatch.setattr(launch, "make_executor", lambda cfg, folder: SimpleNamespace(
+        submit=lambda fn, *args: _InlineJob(fn, args)))
+    monkeypatch.setattr(launch, "worker_job", dies_in_its_first_cell)
+    cfg = load_config(str(write_config(tmp_path)), "--launcher", "debug")  # 1 worker
+    cells = [c.id for c in cells_of(cfg)]
+    with pytest.raises(CellsFailed, match=rf"1 of 4 cells failed .*\n{cells[0]}: worker 0 was killed$"):
+        run_grid(cfg)
+    assert {r["cell"] for r in read_rows(Path(cfg.out_dir) / "results.csv")} == set(cells[1:])
+    log = (Path(cfg.out_dir) / "grid.log").read_text()
+    assert "worker 1 submitted" in log  # the replacement took the cells left
+
+    # a worker that dies outside a cell (here before its first) is not replaced: the cells left are reported
+    monkeypatch.setattr(launch, "worker_job", lambda *args: (_ for _ in ()).throw(RuntimeError("no memory")))
+    with pytest.raises(CellsFailed, match=rf"{cells[0]}: not run: every worker stopped \(worker 0: no memory\)$"):
+        run_grid(cfg)
+    assert "worker 1 submitted" not in (Path(cfg.out_dir) / "grid.log").read_text().split("1 to run")[-1]
 
 
 # --- SLURM without SLURM -----------------------------------------------------------------------------------
