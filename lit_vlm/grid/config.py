@@ -57,14 +57,16 @@ class LaunchConfig:
     """How the cells run: in this process one after another, or each in its own process through submitit."""
 
     launcher: Literal["none", "local", "slurm", "debug"] = "none"
-    """none: one after another in this process; local: up to ``workers`` processes on this machine (submitit's
-    LocalExecutor); slurm: one SLURM job array (submitit's SlurmExecutor); debug: submitit's DebugExecutor,
-    the launcher's code path with every cell run in this process (for tests and pdb)."""
+    """none: one after another in this process; local: ``workers`` long-lived processes on this machine
+    (submitit's LocalExecutor) that take the cells one by one; slurm: one SLURM job array, a task per cell
+    (submitit's SlurmExecutor); debug: submitit's DebugExecutor, the local workers' code run in this process
+    (for tests and pdb)."""
     workers: int = 1
     """Cells at once with ``local`` (one GPU each on a GPU machine; on a CPU num_threads is split between
     them) and the array's parallelism (sbatch --array=...%workers) with ``slurm``."""
     time_min: int = 24 * 60
-    """``local``: a cell still running after this many minutes is stopped (submitit's timeout)."""
+    """``local``: a worker still running after this many minutes is stopped (submitit's timeout); the cell it
+    held is reported failed, the cells it finished are in the table."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """The job array of ``launcher: slurm``."""
 
