@@ -34,7 +34,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--only", nargs="+", type=str, default=None, help="Run only these cell ids (space separated).")
     parser.add_argument("--launcher", type=str, default=None,
                         help="Sets launch.launcher: none (one cell after another here), local (worker processes on "
-                             "this machine that take the cells one by one), slurm (one SLURM job array), debug (submitit's debug mode).")
+                             "this machine that take the cells one by one), slurm (one SLURM job array), debug "
+                             "(submitit's debug mode).")
     parser.add_argument("--workers", type=int, default=None, help="Sets launch.workers: cells at once.")
     return parser
 
