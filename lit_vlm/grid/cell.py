@@ -59,7 +59,7 @@ def cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None, progress_every: i
 
 
 def legacy_cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
-    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "before")."""
+    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "legacy")."""
     return cell_trainer(cfg, cell_dir, logger, progress_every=None)
 
 
