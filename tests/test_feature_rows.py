@@ -166,3 +166,21 @@ def test_what_the_store_cannot_prove_stays_pixel_keyed(grid, change, tmp_path):
             assert cached.row_hits == 0
             if change == "downsample":  # resized images: the tower ran, never a lookup
                 assert (cached.hits, cached.misses) == (0, 8)
+
+
+def test_rows_by_feature_row_read_no_image(grid):
+    from lit_vlm.data.datamodule import Rows
+
+    cfg, tower_state, store = grid
+    module, dm = cell_module(cfg, tower_state)
+    dm.setup("fit")
+    ds = dm.datasets["validation"]
+    rows = Rows(ds, memo_images=True, feature_rows=np.arange(100, 100 + len(ds)))
+    batched, one_by_one = rows.__getitems__([3, 0, 3]), [rows[i] for i in (3, 0, 3)]
+    assert batched == one_by_one and [r["feature_row"] for r in batched] == [103, 100, 103]
+    assert "image" not in batched[0] and rows.images is None  # nothing decoded, nothing kept
+    batch = module.processor.collate(batched)
+    assert "pixel_values" not in batch and batch["feature_rows"].tolist() == [103, 100, 103]
+    plain = module.processor.collate(Rows(ds).__getitems__([3, 0, 3]))  # the same batch otherwise
+    assert all(torch.equal(batch[k], plain[k]) if torch.is_tensor(batch[k]) else batch[k] == plain[k]
+               for k in plain if k != "pixel_values")
