@@ -112,9 +112,14 @@ class Rows(Dataset):
     With ``memo_images`` (training that reads rows more than once), ``__getitems__`` keeps each decoded image as
     its RGB uint8 array, up to IMAGE_MEMO_BYTES: decoding the PNGs again every epoch was most of a small cell's
     step. The processor turns the array into bitwise the pixels of the PIL image it came from.
+    With ``feature_rows`` (a grid cell's feature cache answers by row), each row carries its ``feature_row``
+    instead of its image, and no image is read at all.
     """
 
-    def __init__(self, hf_dataset, memo_images: bool = False):
+    def __init__(self, hf_dataset, memo_images: bool = False, feature_rows: np.ndarray | None = None):
+        self.feature_rows = feature_rows
+        if feature_rows is not None and "image" in hf_dataset.column_names:
+            hf_dataset, memo_images = hf_dataset.remove_columns("image"), False
         self.data = hf_dataset
         memo_images = memo_images and "image" in hf_dataset.column_names
         self.images: dict[int, np.ndarray] | None = {} if memo_images else None
@@ -129,6 +134,8 @@ class Rows(Dataset):
     def __getitem__(self, index: int) -> dict:
         row = dict(self.data[index])
         row["index"] = index
+        if self.feature_rows is not None:
+            row["feature_row"] = int(self.feature_rows[index])
         return row
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
@@ -136,6 +143,8 @@ class Rows(Dataset):
         without datasets' per-row formatting, which cost a small cell more than its arithmetic."""
         if self.images is None:
             columns = self.data[list(indices)]
+            if self.feature_rows is not None:
+                columns["feature_row"] = self.feature_rows[list(indices)].tolist()
             return [{**{k: v[i] for k, v in columns.items()}, "index": index} for i, index in enumerate(indices)]
         columns = self._text[list(indices)]
         missing = list(dict.fromkeys(i for i in indices if i not in self.images))
@@ -208,6 +217,9 @@ class VLMDataModule(L.LightningDataModule):
         self.hub = _hub_config(hub).as_kwargs()  # a dict also works from Python (and from a grid's YAML)
         self.processor = processor
         self.datasets = None
+        # split -> a store row per row: set by a grid cell's feature cache (lit_vlm.grid.cache.attach) for the
+        # splits it can answer by row; those batches carry feature_rows instead of pixel_values
+        self.feature_rows: dict[str, np.ndarray] | None = None
 
     # --- data --------------------------------------------------------------------------------------------
     def _load(self):
@@ -239,7 +251,7 @@ class VLMDataModule(L.LightningDataModule):
     def _rows(self, split: str, memo_images: bool = False) -> Rows:
         if split not in self.datasets:
             raise UserError(f"the data has no {split!r} split; it has {', '.join(self.datasets)}")
-        return Rows(self.datasets[split], memo_images=memo_images)
+        return Rows(self.datasets[split], memo_images=memo_images, feature_rows=(self.feature_rows or {}).get(split))
 
     def _train_rows_repeat(self) -> bool:
         """Whether this fit reads the training rows more than once (then its loader keeps decoded images)."""

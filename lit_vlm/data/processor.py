@@ -146,7 +146,10 @@ class VLMProcessor:
             batch["answer_lists"] = [list(r["answers"]) for r in rows]  # e.g. VQA's 10 human answers
         if rows[0].get("metric"):
             batch["metrics"] = [r["metric"] for r in rows]  # hub rows name the metric their dataset uses
-        batch["pixel_values"] = self.images_to_tensor([r["image"] for r in rows])
+        if "feature_row" in rows[0]:  # a grid cell's feature cache answers these images by row: none decoded
+            batch["feature_rows"] = torch.tensor([r["feature_row"] for r in rows], dtype=torch.long)
+        else:
+            batch["pixel_values"] = self.images_to_tensor([r["image"] for r in rows])
         return batch
 
     def images_to_tensor(self, images: list) -> torch.Tensor:

@@ -8,7 +8,8 @@
 2. Stage 0 (lit_vlm/tower.py): the shared vision tower is trained once (or loaded from the checkpoint it
    saved before); every cell reuses it frozen, as the paper shares one CLIP tower.
 3. Feature cache (cache.py): the frozen tower's features, computed once per image and looked up by the
-   image's pixels, so a changed tower or dataset never reuses stale features.
+   image's pixels, so a changed tower or dataset never reuses stale features; in a cell, the splits whose
+   row -> store row map it can prove are looked up by row instead, and their images never decoded.
 4. Cells (cell.py, run.py): each trains and evaluates through the same LitVLM as ``fit``; its rows (one per
    task family) replace its old rows in ``results.csv`` atomically (table.py), so the table is valid after a
    kill -9 at any moment. Finished cells are skipped on a re-run; an interrupted one is redone.

@@ -1,4 +1,5 @@
-"""The feature cache: the frozen tower's features, computed once per image and found again by the image itself.
+"""The feature cache: the frozen tower's features, computed once per image and found again by the image itself,
+or, in a grid cell, by the row it sits on.
 
 ``CachedTower`` stands in for the frozen ``VisionTower`` inside a cell's VLM and is called exactly like it,
 with pixel values. It hashes each image's pixels (the exact bytes the processor made) and returns the
@@ -9,8 +10,18 @@ store on disk (``features/<digest>/``: ``keys.npy`` and a memory-mapped ``featur
 tower's weights, its feature layers and the keys of the images it holds, so each tower and dataset gets its own.
 The store holds full-size features only: a resized image (the ``downsample`` compressor's) bypasses it.
 
-The data, the collate function, the VLM and the FLOP counter know nothing of it: ``attach`` swaps the tower
-for the length of a cell (its checkpoint is saved with the real tower, loadable without the cache).
+Keyed by row: decoding, normalising and hashing every image every step only to find features the store holds
+was a third of a small cell's step. So the store also keeps, per dataset it was built from, the store row of
+each of its rows (``rows-<dataset id>.npy``, the id from the dataset's fingerprint and length). ``attach``
+given the cell's data hands the datamodule those maps (``VLMDataModule.feature_rows``) for the splits where it
+can prove them: the store's name matches the cell's tower and the store's keys, the map is the one of this very
+dataset, and a sample of rows hashed through the cell's own processor has the keys the map points to. Those
+splits' batches then carry ``feature_rows`` instead of pixels and no image is decoded; any split that fails a
+check, a resized image and a precision that casts the batch keep the pixel-keyed path above.
+
+The collate function, the VLM and the FLOP counter know only that a batch may carry ``feature_rows`` instead of
+``pixel_values``; ``attach`` swaps the tower (and the data's maps) for the length of a cell, so its checkpoint is
+saved with the real tower, loadable without the cache.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from lit_vlm.data.processor import image_to_tensor
 from lit_vlm.model.vision import VisionTower
 
 BATCH = 128
+VERIFY_ROWS = 32  # rows per split hashed when a cell attaches the store by row
 
 
 def image_key(pixels: np.ndarray) -> bytes:
@@ -50,13 +62,34 @@ def tower_fingerprint(tower: VisionTower) -> str:
     return h.hexdigest()[:16]
 
 
+def store_digest(tower: VisionTower, keys: bytes) -> str:
+    """A store's folder name: the tower's fingerprint and the keys of the images it holds, in store order."""
+    return hashlib.sha256(tower_fingerprint(tower).encode() + keys).hexdigest()[:16]
+
+
+def dataset_id(ds) -> str | None:
+    """What names a dataset's row map: its ``datasets`` fingerprint (content-derived, saved with the data on
+    disk) and its length; None for data without one (streamed), which then stays pixel-keyed."""
+    fingerprint = getattr(ds, "_fingerprint", None)
+    if not fingerprint or not hasattr(ds, "__len__"):
+        return None
+    return hashlib.sha256(f"{fingerprint}:{len(ds)}".encode()).hexdigest()[:16]
+
+
 class FeatureStore:
-    """Features of a set of images, memory-mapped from ``folder``, found by image key."""
+    """Features of a set of images, memory-mapped from ``folder``, found by image key (or by row map)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.rows = {bytes(k): i for i, k in enumerate(np.load(folder / "keys.npy"))}
+        self.keys = np.load(folder / "keys.npy")  # [n, 16] uint8, in store order
+        self.rows = {bytes(k): i for i, k in enumerate(self.keys)}
         self.features = np.load(folder / "features.npy", mmap_mode="r")
+
+    def row_map(self, ds) -> np.ndarray | None:
+        """The store row of each row of ``ds`` as saved by build_store, or None (no map for this dataset)."""
+        name = dataset_id(ds)
+        path = self.folder / f"rows-{name}.npy"
+        return np.load(path) if name is not None and path.exists() else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -68,7 +101,7 @@ class CachedTower(nn.Module):
     def __init__(self, tower: VisionTower, store: FeatureStore):
         super().__init__()
         self.tower, self.store = tower, store
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.row_hits = 0
 
     def __getattr__(self, name: str):
         try:
@@ -97,16 +130,57 @@ class CachedTower(nn.Module):
             out[miss] = self.tower(pixel_values[miss]).to(out.dtype)
         return out
 
+    def lookup_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Features of store rows [B] (a batch's ``feature_rows``): what ``forward`` finds for those images."""
+        self.hits, self.row_hits = self.hits + len(rows), self.row_hits + len(rows)
+        return torch.from_numpy(self.store.features[rows.cpu().numpy()]).to(rows.device)
+
+    def summary(self) -> str:
+        """grid.log's line on the cache for one cell."""
+        return f"feature cache: {self.hits} hits, {self.misses} misses ({self.row_hits} of the hits by row)"
+
+
+def row_keys(vlm: nn.Module, store: FeatureStore, data, trainer=None) -> dict[str, np.ndarray]:
+    """split -> store row of each of its rows, for the splits of ``data`` (a set-up VLMDataModule) where the
+    row-keyed lookup gives exactly what the pixel-keyed one would; {} where images must stay pixels."""
+    if vlm.compressor.resizes_image:
+        return {}  # the tower sees resized images, which the store does not hold
+    if trainer is not None and trainer.precision_plugin.convert_input(torch.zeros(1)).dtype != torch.float32:
+        return {}  # "*-true" precision casts the pixels, which then miss the fp32 keys: the tower runs
+    tower = vlm.vision_tower
+    tower = getattr(tower, "tower", tower)  # the real tower behind a CachedTower
+    if store_digest(tower, store.keys.tobytes()) != store.folder.name:
+        return {}  # another tower (or feature layers) than the store's
+    found = {}
+    for split, ds in data.datasets.items():
+        rows = store.row_map(ds)
+        if rows is None or len(rows) != len(ds) or len(rows) == 0 or rows.min() < 0 or rows.max() >= len(store):
+            continue
+        sample = np.unique(np.linspace(0, len(ds) - 1, min(len(ds), VERIFY_ROWS)).round().astype(int))
+        pixels = data.processor.images_to_tensor(ds[sample.tolist()]["image"]).numpy()
+        if all(image_key(p) == store.keys[rows[i]].tobytes() for p, i in zip(pixels, sample)):
+            found[split] = rows
+    return found
+
 
 @contextmanager
-def attach(vlm: nn.Module, store: FeatureStore) -> Iterator[CachedTower]:
-    """``vlm.vision_tower`` answered from ``store`` inside the block; the real tower again after it."""
+def attach(vlm: nn.Module, store: FeatureStore, data=None, trainer=None) -> Iterator[CachedTower]:
+    """``vlm.vision_tower`` answered from ``store`` inside the block; the real tower again after it. Given the
+    cell's ``data`` (a VLMDataModule; set up here if it is not) and its ``trainer`` (for its precision), the
+    splits ``row_keys`` proves are also looked up by row, their images never decoded."""
     real = vlm.vision_tower
     vlm.vision_tower = CachedTower(real, store)
+    before = data.feature_rows if data is not None else None
     try:
+        if data is not None:
+            if data.datasets is None:
+                data.setup("fit")
+            data.feature_rows = row_keys(vlm, store, data, trainer) or None
         yield vlm.vision_tower
     finally:
         vlm.vision_tower = real
+        if data is not None:
+            data.feature_rows = before
 
 
 def _pixel_batches(datasets: dict, tower: VisionTower, which: dict[str, list[int]] | None = None):
@@ -150,16 +224,17 @@ def build_store(root: Path, tower: VisionTower, datasets: dict) -> FeatureStore:
     and renamed into place."""
     tower.eval()
     first: dict[bytes, tuple[str, int]] = {}  # each distinct image once: key -> where it first occurs
-    position = {split: 0 for split in datasets}
+    split_keys: dict[str, list[bytes]] = {split: [] for split in datasets}  # every row's key, in row order
     for split, pixels in tqdm(_pixel_batches(datasets, tower), desc="feature keys", leave=False):
         for p in pixels.numpy():
-            first.setdefault(image_key(p), (split, position[split]))
-            position[split] += 1
+            key = image_key(p)
+            first.setdefault(key, (split, len(split_keys[split])))
+            split_keys[split].append(key)
     keys = list(first)
-    digest = hashlib.sha256(tower_fingerprint(tower).encode() + b"".join(keys)).hexdigest()[:16]
-    folder = root / digest
+    folder = root / store_digest(tower, b"".join(keys))
     remove_stale_builds(root)
     if (folder / "features.npy").exists():
+        _save_row_maps(folder, datasets, split_keys, keys)
         return FeatureStore(folder)
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,4 +257,19 @@ def build_store(root: Path, tower: VisionTower, datasets: dict) -> FeatureStore:
         np.save(f, np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16))
     os.replace(keys_tmp, folder / "keys.npy")
     os.replace(tmp, folder / "features.npy")  # last: features.npy existing means the store is complete
+    _save_row_maps(folder, datasets, split_keys, keys)
     return FeatureStore(folder)
+
+
+def _save_row_maps(folder: Path, datasets: dict, split_keys: dict[str, list[bytes]], keys: list[bytes]) -> None:
+    """Each dataset's row -> store row map (``rows-<dataset id>.npy``), from the keys just computed; written
+    into place by rename, so a reader never sees half a map."""
+    where = {k: i for i, k in enumerate(keys)}
+    for split, ds in datasets.items():
+        name = dataset_id(ds)
+        if name is None or (folder / f"rows-{name}.npy").exists():
+            continue
+        tmp = folder / f".rows-{name}.{os.getpid()}.npy.tmp"
+        with tmp.open("wb") as f:
+            np.save(f, np.array([where[k] for k in split_keys[split]], dtype=np.int64))
+        os.replace(tmp, folder / f"rows-{name}.npy")

@@ -59,7 +59,7 @@ def cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None, progress_every: i
 
 
 def legacy_cell_trainer(cfg: GridConfig, cell_dir: Path, logger=None) -> L.Trainer:
-    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "before")."""
+    """A cell's Trainer as it was before the step-overhead cuts (bench/bench_step_overhead.py's "legacy")."""
     return cell_trainer(cfg, cell_dir, logger, progress_every=None)
 
 
@@ -102,12 +102,13 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
     dm = VLMDataModule(**cfg.data, processor=module.processor)
     trainer = cell_trainer(cfg, cell_dir)
     evaluate = trainer.test if cfg.eval_split == "test" else trainer.validate
-    with attach(module.vlm, store) if store is not None else nullcontext() as cached:
+    # given the data, the cache also answers by row: the splits it can prove are never decoded (grid/cache.py)
+    with attach(module.vlm, store, dm, trainer) if store is not None else nullcontext() as cached:
         start = time.perf_counter()
         trainer.fit(module, dm)
         train_time = time.perf_counter() - start
         results = evaluate(module, dm, verbose=False)[0]
-    cache_note = f"feature cache: {cached.hits} hits, {cached.misses} misses" if cached else "no feature cache"
+    cache_note = cached.summary() if cached else "no feature cache"
     ckpt = cell_dir / "final.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=True)  # the real tower is back: loadable without the cache
 

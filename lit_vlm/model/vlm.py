@@ -266,6 +266,16 @@ class VLM(nn.Module):
                                                      align_corners=False, antialias=True)
         return self.vision_tower(pixel_values)
 
+    def image_features(self, batch: dict) -> torch.Tensor:
+        """The batch's [B, n_levels, P, D]: its ``pixel_values`` through ``encode_images``, or, in a grid cell
+        whose feature cache answers by row (lit_vlm.grid.cache), the store rows in ``feature_rows``."""
+        if "pixel_values" in batch:
+            return self.encode_images(batch["pixel_values"])
+        lookup = getattr(self.vision_tower, "lookup_rows", None)
+        if lookup is None or "feature_rows" not in batch:
+            raise ValueError("the batch has no pixel_values (and no feature_rows a feature cache could answer)")
+        return lookup(batch["feature_rows"])
+
     def question_query(self, question_ids: torch.Tensor, question_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The question's embedding for quecc: LLM last-layer state at the last real token, no grad. [B, H]."""
         if question_mask is None:
@@ -332,7 +342,7 @@ class VLM(nn.Module):
     # --- training / scoring ----------------------------------------------------------------------------------
     def forward(self, batch: dict):
         """CausalLMOutputWithPast; `.loss` is set when the batch has labels."""
-        visual = self.visual_embeds(self.encode_images(batch["pixel_values"]), batch.get("question_ids"),
+        visual = self.visual_embeds(self.image_features(batch), batch.get("question_ids"),
                                     batch.get("question_mask"))
         s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch.get("labels"))
         return self.llm(**s, use_cache=False)
@@ -342,7 +352,7 @@ class VLM(nn.Module):
 
         ``forward().loss`` is the mean over one batch's tokens; evaluation sums these over a whole split instead.
         """
-        visual = self.visual_embeds(self.encode_images(batch["pixel_values"]), batch.get("question_ids"), batch.get("question_mask"))
+        visual = self.visual_embeds(self.image_features(batch), batch.get("question_ids"), batch.get("question_mask"))
         s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch["labels"])
         labels = s.pop("labels")
         logits = self.llm(**s, use_cache=False).logits.float()
@@ -355,7 +365,7 @@ class VLM(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int = 8, use_cache: bool = True) -> torch.Tensor:
         """Greedy answers to the left-padded prompts: [B, max_new_tokens] new tokens, pad after eos."""
-        visual = self.visual_embeds(self.encode_images(batch["pixel_values"]), batch.get("question_ids"),
+        visual = self.visual_embeds(self.image_features(batch), batch.get("question_ids"),
                                     batch.get("question_mask"))
         s = self.splice(batch["prompt_ids"], batch["prompt_mask"], visual)
         if use_cache:

@@ -1,0 +1,77 @@
+"""Per-task test accuracy of trained grid cells: which questions a cell answers and which it guesses.
+
+    python bench/task_accuracy.py --config runs/pilot/cpu_law_r3/line/grid.yaml \\
+        --cells llm-d4w48-V1-avgpool-s0 [--num-test 2000] [--out bench/results/tasks_r3]
+
+Reads each cell's ``final.ckpt`` under the grid's out_dir and greedily answers the first ``--num-test`` rows of
+the grid's test split (the same rows, prompts and decoding as the grid's evaluation). Writes ``<out>.md``
+when --out is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from lit_vlm.errors import UserError  # noqa: E402
+from lit_vlm.grid import load_config, validate  # noqa: E402
+
+
+def task_accuracy(predictions) -> dict[str, dict[str, float]]:
+    """family -> task -> accuracy, from predict_step's rows (exact match of the stripped answer)."""
+    hits, totals = Counter(), Counter()
+    for row in (r for batch in predictions for r in batch):
+        key = (row["family"], row["task"])
+        totals[key] += 1
+        hits[key] += row["prediction"].strip() == row["answer"]
+    out: dict[str, dict[str, float]] = {}
+    for (family, task), n in sorted(totals.items()):
+        out.setdefault(family, {})[task] = round(hits[(family, task)] / n, 4)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="the grid YAML the cells were trained by")
+    ap.add_argument("--cells", nargs="+", required=True, help="cell ids (folders under <out_dir>/cells)")
+    ap.add_argument("--num-test", type=int, default=2000)
+    ap.add_argument("--out", default=None, help="writes <out>.md")
+    args = ap.parse_args()
+    try:
+        from lit_vlm.data.datamodule import VLMDataModule
+        from lit_vlm.module import LitVLM
+
+        cfg = validate(load_config(args.config))
+        ckpts = [Path(cfg.out_dir) / "cells" / c / "final.ckpt" for c in args.cells]
+        missing = [str(p) for p in ckpts if not p.is_file()]
+        if missing:
+            raise UserError(f"no checkpoint {missing[0]}; cells there: "
+                            f"{', '.join(sorted(p.name for p in (Path(cfg.out_dir) / 'cells').glob('*'))) or 'none'}")
+        lines = [f"`python {' '.join(sys.argv)}`", "", "| cell | family | per task |", "|---|---|---|"]
+        for cell, ckpt in zip(args.cells, ckpts):
+            module = LitVLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+            dm = VLMDataModule(**{**cfg.data, "num_test": args.num_test}, processor=module.processor)
+            trainer = L.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+            for family, tasks in task_accuracy(trainer.predict(module, dm)).items():
+                text = ", ".join(f"{t} {a:.2f}" for t, a in tasks.items())
+                print(f"{cell} {family}: {text}", flush=True)
+                lines.append(f"| {cell} | {family} | {text} |")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    sys.exit(main())
