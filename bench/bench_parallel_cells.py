@@ -45,6 +45,14 @@ def read_metrics(table: Path) -> dict[str, dict[str, float]]:
                 for r in csv.DictReader(f)}
 
 
+def train_seconds(table: Path) -> dict[str, float]:
+    """Each cell's training time (the table's train_time_s; one value per cell)."""
+    import csv
+
+    with table.open(newline="") as f:
+        return {r["cell"]: float(r["train_time_s"]) for r in csv.DictReader(f)}
+
+
 def compare(a: dict, b: dict) -> dict:
     """Per metric, the largest |a - b| over every (cell, family), and whether all are bitwise equal."""
     assert a.keys() == b.keys(), (sorted(a), sorted(b))
@@ -108,6 +116,15 @@ def main() -> None:
         start = time.perf_counter()
         metrics[name] = read_metrics(run_grid(cfg))
         seconds[name] = time.perf_counter() - start
+    # Where the ratio goes: the first cell once more, alone, with one thread. Its time against the sequential
+    # run's (2 threads) is what 2 threads buy one cell; against the parallel run's (1 thread, side by side)
+    # what two workers cost each other. K workers at 1 thread reach K x T(2 threads) / T(1 thread, side by side).
+    first = next(iter(metrics["sequential"])).split("/")[0]
+    alone = replace(base, out_dir=str(tmp / "alone"), num_threads=max(1, args.threads // args.workers),
+                    launch=LaunchConfig())
+    run_grid(alone, only=[first])
+    train = {name: train_seconds(Path(cfg.out_dir) / "results.csv") for name, cfg in runs.items()}
+    train["alone"] = train_seconds(Path(alone.out_dir) / "results.csv")
     per_hour = {name: n_cells * 3600 / s for name, s in seconds.items()}
     per_worker = cells_per_worker(Path(runs["parallel"].out_dir))
     ratio = per_hour["parallel"] / per_hour["sequential"]
@@ -122,6 +139,10 @@ def main() -> None:
                      "seconds": round(seconds["parallel"], 2), "cells_per_hour": round(per_hour["parallel"], 1),
                      "cells_per_worker": per_worker},
         "ratio": round(ratio, 3), "target": 1.8,
+        "train_seconds": {"cell": first, "sequential_2_threads": train["sequential"][first],
+                          "alone_1_thread": train["alone"][first], "side_by_side_1_thread": train["parallel"][first],
+                          "all_cells_sequential": round(sum(train["sequential"].values()), 2),
+                          "all_cells_side_by_side": round(sum(train["parallel"].values()), 2)},
         "metrics": compare(metrics["sequential"], metrics["parallel"]),
     }
     out = Path(args.out)
@@ -141,6 +162,15 @@ def main() -> None:
         f"feature store) once, then takes cells until none is left (cells per worker: {per_worker}); short cells "
         "or a busy machine hide any gain: only a run on an otherwise idle machine with the config's full steps "
         "measures it.", "",
+        f"Where it goes (training seconds from the tables; `{first}` also run alone at 1 thread): "
+        f"{train['sequential'][first]:.1f} s with 2 threads, {train['alone'][first]:.1f} s alone at 1 thread "
+        f"(2 threads buy one cell {train['alone'][first] / train['sequential'][first]:.2f}x), "
+        f"{train['parallel'][first]:.1f} s at 1 thread beside another worker (the workers cost each other "
+        f"{train['parallel'][first] / train['alone'][first]:.2f}x). Over all cells, training at 1 thread side by "
+        f"side takes {sum(train['parallel'].values()) / sum(train['sequential'].values()):.2f}x the 2-thread "
+        f"time, so {args.workers} workers can reach at most "
+        f"{args.workers * sum(train['sequential'].values()) / sum(train['parallel'].values()):.2f}x on training; "
+        "the rest is the driver, start-up and evaluation.", "",
         "Metrics per (cell, family): " + ("bitwise equal." if m["bitwise_equal"] else
                                            "not bitwise equal; largest |difference|: " +
                                            ", ".join(f"{k} {v:.3g}" for k, v in m["max_abs_diff"].items()) +

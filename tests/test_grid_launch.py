@@ -352,3 +352,51 @@ def test_last_error_line_is_the_workers_exception():
     assert launch.last_error_line(submitit.core.utils.FailedJobError(trace)) == "ValueError: bad thing"
     died = submitit.core.utils.UncompletedJobError("Job 1 (task: 0) with path x\nhas not produced any output (state: FINISHED)")
     assert "died without a result" in launch.last_error_line(died)
+
+
+def test_local_workers_start_while_the_driver_builds_the_feature_cache(tmp_path, monkeypatch):
+    """local: the workers are submitted before the cache is built and read its folder from the run's store
+    file once the driver publishes it; a worker started early waits for it."""
+    import threading
+
+    from lit_vlm.grid.worker import STORE_FILE, publish_store, wait_for_store
+
+    order = []
+
+    class Done:  # a job that finished at once, having run nothing
+        job_id = "0"
+
+        def done(self):
+            return True
+
+        def exception(self):
+            return None
+
+        def cancel(self, check=True):
+            pass
+
+    def submit(fn, *args):
+        order.append("worker submitted")
+        return Done()
+
+    monkeypatch.setattr(launch, "make_executor", lambda cfg, folder: SimpleNamespace(
+        submit=submit, update_parameters=lambda **kw: None))
+    cfg = load_config(str(write_config(tmp_path)), "--launcher", "local", "--workers", "2")
+    todo = cells_of(cfg)
+
+    def make_store():
+        order.append("cache built")
+        return SimpleNamespace(folder=tmp_path / "features" / "abc")
+
+    with pytest.raises(CellsFailed, match="not run: every worker stopped"):  # these stand-in workers run nothing
+        launch.run_cells(cfg, todo, len(todo), make_store)
+    assert order == ["worker submitted", "worker submitted", "cache built"]
+    (run_dir,) = (Path(cfg.out_dir) / "submitit" / "runs").iterdir()
+    assert wait_for_store(run_dir) == str(tmp_path / "features" / "abc")
+    assert STORE_FILE not in {p.name for p in run_dir.glob("*.json")}  # never read as a cell's status
+
+    late = tmp_path / "late"
+    late.mkdir()
+    threading.Timer(0.3, publish_store, args=(late, None)).start()
+    start = time.perf_counter()
+    assert wait_for_store(late) is None and time.perf_counter() - start >= 0.25

@@ -26,6 +26,7 @@ import re
 import shlex
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from tqdm.auto import tqdm
 
 from lit_vlm.errors import UserError
 from lit_vlm.grid.config import Cell, GridConfig, LaunchConfig
-from lit_vlm.grid.worker import FAILED, RUNNING, cell_job, cell_lock, read_statuses, worker_job, write_status
+from lit_vlm.grid.cache import FeatureStore
+from lit_vlm.grid.worker import (FAILED, RUNNING, cell_job, cell_lock, publish_store, read_statuses, worker_job,
+                                 write_status)
 
 log = logging.getLogger("lit_vlm.grid")
 POLL_S = 0.5
@@ -183,14 +186,20 @@ class Progress:
         self.bar.close()
 
 
-def run_cells(cfg: GridConfig, todo: list[Cell], total: int, store_folder: str | None, force: bool = False) -> None:
-    """Run ``todo`` through the configured launcher and wait; raises CellsFailed if any cell failed."""
+def _folder(store) -> str | None:
+    return str(store.folder) if store is not None else None
+
+
+def run_cells(cfg: GridConfig, todo: list[Cell], total: int, make_store: Callable[[], FeatureStore | None],
+              force: bool = False) -> None:
+    """Run ``todo`` through the configured launcher and wait; raises CellsFailed if any cell failed.
+    ``make_store`` builds (or loads) the feature cache; it is called once, when the launcher needs it."""
     progress = Progress(total=total, done_before=total - len(todo), todo=len(todo))
     try:
         if cfg.launch.launcher == "slurm":
-            failures = _run_array(cfg, todo, store_folder, progress)
+            failures = _run_array(cfg, todo, _folder(make_store()), progress)
         else:
-            failures = _run_workers(cfg, todo, store_folder, force, progress)
+            failures = _run_workers(cfg, todo, make_store, force, progress)
     finally:
         progress.close()
     if failures:
@@ -208,7 +217,7 @@ def _thread_env(threads: int | None) -> list[str]:
     return ["export " + " ".join(f"{name}={threads}" for name in names)]
 
 
-def _run_workers(cfg: GridConfig, todo: list[Cell], store_folder: str | None, force: bool,
+def _run_workers(cfg: GridConfig, todo: list[Cell], make_store: Callable[[], FeatureStore | None], force: bool,
                  progress: Progress) -> dict[str, str]:
     """``local`` and ``debug``: K long-lived workers (worker.worker_job) take the cells one by one; the driver
     follows their status files, reports each cell, and replaces a worker that died in a cell while cells are
@@ -235,7 +244,7 @@ def _run_workers(cfg: GridConfig, todo: list[Cell], store_folder: str | None, fo
         if launch.launcher == "local":
             gpu = [f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus[slot])}"] if gpus else []  # as this process names it
             executor.update_parameters(setup=_thread_env(threads) + gpu)
-        job = executor.submit(worker_job, cfg, todo, str(run_dir), store_folder, threads, driver_pid, force, wid)
+        job = executor.submit(worker_job, cfg, todo, str(run_dir), threads, driver_pid, force, wid)
         jobs[job] = (wid, slot)
         log.info("worker %d submitted (%s job %s)", wid, launch.launcher, job.job_id)
 
@@ -260,8 +269,16 @@ def _run_workers(cfg: GridConfig, todo: list[Cell], store_folder: str | None, fo
         return statuses
 
     try:
-        for slot in range(min(launch.workers, len(todo))):
-            submit(slot)
+        if launch.launcher == "local":
+            # the workers start (imports, the tower) while the driver builds the feature cache: on a laptop
+            # both take seconds, against cells of a minute; they wait for its folder in the run's store file
+            for slot in range(min(launch.workers, len(todo))):
+                submit(slot)
+            publish_store(run_dir, _folder(make_store()))
+        else:  # debug runs each worker inside the driver: the cache must exist first
+            publish_store(run_dir, _folder(make_store()))
+            for slot in range(min(launch.workers, len(todo))):
+                submit(slot)
         while jobs:
             finished = [job for job in jobs if job.done()]
             statuses = poll()  # read after the jobs' states: a dead worker's last status is in it

@@ -109,16 +109,20 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
             if tower_state is None:
                 tower_state = stage0.train_tower(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
                 tower_state = stage0.save_tower(tower_path, tower_state, cfg.vision, cfg.data)
-            store = None
-            if dm is not None:
+
+            def make_store():
+                if dm is None:
+                    return None
                 from lit_vlm.model.vision import VisionTower
 
                 tower = VisionTower(replace(cfg.vision, frozen=True))
                 tower.load_state_dict(tower_state)
-                store = build_store(out / "features", tower, dm.datasets)
-            if cfg.launch.launcher != "none":
-                run_cells(cfg, todo, len(cells), str(store.folder) if store is not None else None, force)
+                return build_store(out / "features", tower, dm.datasets)
+
+            if cfg.launch.launcher != "none":  # the launcher decides when to build it (local: while workers start)
+                run_cells(cfg, todo, len(cells), make_store, force)
                 return table.path
+            store = make_store()
             bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="cell", position=0)
             for cell in todo:
                 bar.set_postfix_str(cell.id)

@@ -76,6 +76,24 @@ def exit_with_driver(driver_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+STORE_FILE = "store.path"  # in a run's folder (not *.json: those are the cells' status files): the feature cache's folder, written by the driver once it is built
+
+
+def publish_store(run_dir: Path, folder: str | None) -> None:
+    """The driver's word to its workers that the feature cache is built (and where; None: no cache)."""
+    tmp = run_dir / f".{STORE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"folder": folder}))
+    os.replace(tmp, run_dir / STORE_FILE)
+
+
+def wait_for_store(run_dir: Path) -> str | None:
+    """The feature cache's folder, once the driver has published it (a worker starts before it is built)."""
+    path = run_dir / STORE_FILE
+    while not path.exists():
+        time.sleep(0.1)  # the driver is building it; if the driver dies, exit_with_driver ends this process
+    return json.loads(path.read_text())["folder"]
+
+
 def _load(cfg: GridConfig, store_folder: str | None):
     """What every cell of a worker shares, loaded once: the stage-0 tower's state and the feature store."""
     from lit_vlm import tower as stage0
@@ -101,8 +119,8 @@ def _run_one(cfg: GridConfig, cell: Cell, tower_state, store) -> str:
     return f"done in {time.perf_counter() - start:.1f}s: {summary}; {cache_note}"
 
 
-def worker_job(cfg: GridConfig, todo: list[Cell], run_dir: str, store_folder: str | None, threads: int | None,
-               driver_pid: int | None, force: bool, worker: int) -> int:
+def worker_job(cfg: GridConfig, todo: list[Cell], run_dir: str, threads: int | None, driver_pid: int | None,
+               force: bool, worker: int) -> int:
     """A long-lived worker: loads once, then claims and runs cells of ``todo`` until none is left. A cell that
     raises is marked failed with its error line and the worker goes on. Returns the number of cells it ran."""
     from lit_vlm.grid.run import torch_threads
@@ -114,7 +132,12 @@ def worker_job(cfg: GridConfig, todo: list[Cell], run_dir: str, store_folder: st
     (out / "cells").mkdir(parents=True, exist_ok=True)
     ran = 0
     with torch_threads(threads):
-        tower_state, store = _load(cfg, store_folder)
+        tower_state, store = _load(cfg, None)  # the tower now; the cache's folder when the driver publishes it
+        folder = wait_for_store(runs)
+        if folder:
+            from lit_vlm.grid.cache import FeatureStore
+
+            store = FeatureStore(Path(folder))
         took = True
         while took:  # passes until one finds nothing to take: the rest is taken or held by another driver
             took = False
