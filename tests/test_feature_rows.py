@@ -21,17 +21,9 @@ from lit_vlm.grid.cell import cell_trainer
 from lit_vlm.model.vision import VisionTower
 from lit_vlm.module import LitVLM
 
-GRID = {
-    "llms": {"xs": {"model_type": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2}},
-    "visual_tokens": [1],
-    "compressors": ["avgpool"],
-    "vision": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_layers": 1, "num_heads": 2,
-               "intermediate_size": 32},
-    "model": {"max_new_tokens": 3},
-    "data": {"num_train": 48, "num_val": 8, "num_test": 32, "batch_size": 8, "eval_batch_size": 16},
-    "trainer": {"accelerator": "cpu", "max_steps": 12, "enable_model_summary": False, "deterministic": True,
-                "enable_progress_bar": False},
-}
+from test_step_overhead import GRID as SMALLEST  # noqa: E402 - the smallest cell's tiny grid, shared
+
+GRID = {**SMALLEST, "trainer": {**SMALLEST["trainer"], "enable_progress_bar": False}}
 CELL = Cell(llm="xs", visual_tokens=1, compressor="avgpool", seed=0)
 
 
