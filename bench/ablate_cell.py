@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_vlm.grid import Cell, build_store, cell_model_args, load_config, load_or_train_tower, validate  # noqa: E402
 from lit_vlm.grid.cache import attach  # noqa: E402
 from lit_vlm.grid.config import trainer_kwargs  # noqa: E402
+from task_accuracy import task_accuracy  # noqa: E402 - bench/, next to this script
 
 
 def main() -> None:
@@ -87,21 +87,11 @@ def main() -> None:
         # predict_step runs the test split and returns each answer with its family and task
         predictions = trainer.predict(module, dm)
 
-    hits, totals = Counter(), Counter()
-    for row in (r for batch in predictions for r in batch):
-        key = (row["family"], row["task"])
-        totals[key] += 1
-        hits[key] += row["prediction"].strip() == row["answer"]
-    family = Counter()
-    for (fam, _), n in totals.items():
-        family[fam] += n
     print(f"# python {' '.join(sys.argv)}")
     print(f"{cell.id}: {trainer.global_step} steps in {seconds:.0f} s")
-    for fam in sorted(family):
-        acc = sum(h for (f, _), h in hits.items() if f == fam) / family[fam]
-        tasks = ", ".join(f"{t} {hits[(f, t)] / n:.2f}" for (f, t), n in sorted(totals.items()) if f == fam)
-        print(f"  {fam}: {acc:.3f}   ({tasks})")
-
+    for fam, result in task_accuracy(predictions).items():
+        tasks = ", ".join(f"{t} {a:.2f}" for t, a in result["tasks"].items())
+        print(f"  {fam}: {result['accuracy']:.3f}   ({tasks})")
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,34 +29,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lit_vlm.errors import UserError  # noqa: E402
 from lit_vlm.grid import build_store, load_config, load_or_train_tower, validate  # noqa: E402
-from lit_vlm.grid.cache import image_key  # noqa: E402
+from lit_vlm.model.compressors import build_compressor  # noqa: E402
+from task_accuracy import tally  # noqa: E402 - bench/, next to this script
 
 MAX_QUESTION = 16  # tokens; the synthetic questions are shorter
 
 
-def pooled(store, rows: list[int], v: int, grid_side: int) -> torch.Tensor:
-    """[n, v * D] main-level features of store ``rows``, averaged over v regions as AvgPool does."""
+def pooled(store, rows, v: int, grid_side: int) -> torch.Tensor:
+    """[n, v * D] features of store ``rows``, pooled to v tokens by the avgpool compressor (flattened)."""
+    avgpool = build_compressor("avgpool", in_dim=store.features.shape[-1], grid_side=grid_side,
+                               num_levels=store.features.shape[1], visual_tokens=v)
     out = []
     for start in range(0, len(rows), 2048):
-        f = torch.from_numpy(np.asarray(store.features[rows[start : start + 2048]])[:, -1])  # [b, P, D]
-        grid = f.transpose(1, 2).reshape(len(f), f.shape[-1], grid_side, grid_side)
-        out.append(F.adaptive_avg_pool2d(grid, int(v**0.5)).flatten(1))
+        tokens, _ = avgpool.compress(torch.from_numpy(np.asarray(store.features[rows[start : start + 2048]])), None)
+        out.append(tokens.transpose(1, 2).flatten(1))  # [b, D * v], channel-major as the probe was fitted
     return torch.cat(out)
 
 
 def split_rows(ds, processor, store, n: int) -> dict:
-    """Store rows, question token ids and answers/tasks/families of the first ``n`` rows of ``ds``."""
+    """Store rows (the store's own row map of ``ds``), question token ids and answers/tasks/families of the
+    first ``n`` rows of ``ds``."""
     n = min(n, len(ds))
-    part = ds.select(range(n))
-    keys = [image_key(processor.image_to_tensor(im).numpy()) for im in part["image"]]
-    missing = sum(k not in store.rows for k in keys)
-    if missing:
-        raise UserError(f"{missing} of {n} images are not in the feature store {store.folder}: rebuild it (run the grid)")
+    rows = store.row_map(ds)
+    if rows is None:
+        raise UserError(f"the feature store {store.folder} has no row map of this dataset: rebuild it (run the grid)")
+    part = ds.select_columns(["question", "answer", "task", "family"]).select(range(n))
     ids = processor.tokenizer(list(part["question"]), add_special_tokens=False)["input_ids"]
     q = torch.zeros(n, MAX_QUESTION, dtype=torch.long)
     for i, t in enumerate(ids):
         q[i, : min(len(t), MAX_QUESTION)] = torch.tensor(t[:MAX_QUESTION])
-    return {"rows": [store.rows[k] for k in keys], "q": q, "answer": list(part["answer"]),
+    return {"rows": rows[:n].tolist(), "q": q, "answer": list(part["answer"]),
             "task": list(part["task"]), "family": list(part["family"])}
 
 
@@ -88,17 +89,8 @@ def probe(train: dict, test: dict, x_train, x_test, vocab: int, epochs: int, hid
             opt.step()
     with torch.no_grad():
         pred = model(x_test, test["q"]).argmax(1).tolist()
-    hits, totals = Counter(), Counter()
-    for p, a, t, f in zip(pred, test["answer"], test["task"], test["family"]):
-        totals[(f, t)] += 1
-        hits[(f, t)] += answers[p] == a
-    out = {}
-    for fam in sorted({f for f, _ in totals}):
-        n = sum(c for (f, _), c in totals.items() if f == fam)
-        out[fam] = {"accuracy": round(sum(h for (f, _), h in hits.items() if f == fam) / n, 4),
-                    "tasks": {t: round(hits[(f, t)] / c, 4) for (f, t), c in sorted(totals.items()) if f == fam}}
-    return out
-
+    return tally(((f, t, answers[p] == a) for p, a, t, f in zip(pred, test["answer"], test["task"], test["family"])),
+                 digits=4)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -128,7 +120,7 @@ def main() -> int:
         start = time.perf_counter()
         train = split_rows(dm.datasets["train"], processor, store, args.num_train)
         test = split_rows(dm.datasets["test" if "test" in dm.datasets else "validation"], processor, store, args.num_test)
-        print(f"probe: {len(train['rows'])} training and {len(test['rows'])} test rows keyed in "
+        print(f"probe: {len(train['rows'])} training and {len(test['rows'])} test rows read in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
         vocab = len(processor.tokenizer)
         results = {}

@@ -24,17 +24,25 @@ from lit_vlm.errors import UserError  # noqa: E402
 from lit_vlm.grid import load_config, validate  # noqa: E402
 
 
-def task_accuracy(predictions) -> dict[str, dict[str, float]]:
-    """family -> task -> accuracy, from predict_step's rows (exact match of the stripped answer)."""
+def tally(answers, digits: int | None = None) -> dict[str, dict]:
+    """(family, task, correct) triples -> family -> {"accuracy", "tasks": {task: accuracy}}, rounded to
+    ``digits`` when given."""
+    r = (lambda x: x) if digits is None else (lambda x: round(x, digits))
     hits, totals = Counter(), Counter()
-    for row in (r for batch in predictions for r in batch):
-        key = (row["family"], row["task"])
-        totals[key] += 1
-        hits[key] += row["prediction"].strip() == row["answer"]
-    out: dict[str, dict[str, float]] = {}
-    for (family, task), n in sorted(totals.items()):
-        out.setdefault(family, {})[task] = round(hits[(family, task)] / n, 4)
+    for family, task, correct in answers:
+        totals[(family, task)] += 1
+        hits[(family, task)] += bool(correct)
+    out: dict[str, dict] = {}
+    for family in sorted({f for f, _ in totals}):
+        n = sum(c for (f, _), c in totals.items() if f == family)
+        out[family] = {"accuracy": r(sum(h for (f, _), h in hits.items() if f == family) / n),
+                       "tasks": {t: r(hits[(f, t)] / c) for (f, t), c in sorted(totals.items()) if f == family}}
     return out
+
+
+def task_accuracy(predictions) -> dict[str, dict]:
+    """``tally`` of predict_step's rows (exact match of the stripped answer)."""
+    return tally((r["family"], r["task"], r["prediction"].strip() == r["answer"]) for batch in predictions for r in batch)
 
 
 def main() -> int:
@@ -59,8 +67,8 @@ def main() -> int:
             module = LitVLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
             dm = VLMDataModule(**{**cfg.data, "num_test": args.num_test}, processor=module.processor)
             trainer = L.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
-            for family, tasks in task_accuracy(trainer.predict(module, dm)).items():
-                text = ", ".join(f"{t} {a:.2f}" for t, a in tasks.items())
+            for family, result in task_accuracy(trainer.predict(module, dm)).items():
+                text = ", ".join(f"{t} {a:.2f}" for t, a in result["tasks"].items())
                 print(f"{cell} {family}: {text}", flush=True)
                 lines.append(f"| {cell} | {family} | {text} |")
     except UserError as err:

@@ -94,14 +94,19 @@ def wait_for_store(run_dir: Path) -> str | None:
     return json.loads(path.read_text())["folder"]
 
 
-def _load(cfg: GridConfig, store_folder: str | None):
-    """What every cell of a worker shares, loaded once: the stage-0 tower's state and the feature store."""
+def _tower(cfg: GridConfig):
+    """The stage-0 tower's state, which every cell of a worker shares (the first call imports Lightning too)."""
     from lit_vlm import tower as stage0
-    from lit_vlm.grid.cache import FeatureStore
     from lit_vlm.grid.run import stage0_args
 
-    tower_state = stage0.load_or_train(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
-    return tower_state, FeatureStore(Path(store_folder)) if store_folder else None
+    return stage0.load_or_train(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
+
+
+def _store(folder: str | None):
+    """The feature store in ``folder`` (None: the grid runs without the cache)."""
+    from lit_vlm.grid.cache import FeatureStore
+
+    return FeatureStore(Path(folder)) if folder else None
 
 
 def _run_one(cfg: GridConfig, cell: Cell, tower_state, store) -> str:
@@ -132,12 +137,8 @@ def worker_job(cfg: GridConfig, todo: list[Cell], run_dir: str, threads: int | N
     (out / "cells").mkdir(parents=True, exist_ok=True)
     ran = 0
     with torch_threads(threads):
-        tower_state, store = _load(cfg, None)  # the tower now; the cache's folder when the driver publishes it
-        folder = wait_for_store(runs)
-        if folder:
-            from lit_vlm.grid.cache import FeatureStore
-
-            store = FeatureStore(Path(folder))
+        tower_state = _tower(cfg)  # while the driver builds the feature cache
+        store = _store(wait_for_store(runs))
         took = True
         while took:  # passes until one finds nothing to take: the rest is taken or held by another driver
             took = False
@@ -191,7 +192,6 @@ def cell_job(cfg: GridConfig, cell: Cell, store_folder: str | None, threads: int
         raise RuntimeError(f"cell {cell.id} is being run by another process (its lock {lock.lock_file} is held)") from None
     try:
         with torch_threads(threads):
-            tower_state, store = _load(cfg, store_folder)
-            return _run_one(cfg, cell, tower_state, store)
+            return _run_one(cfg, cell, _tower(cfg), _store(store_folder))
     finally:
         lock.release()
