@@ -8,7 +8,8 @@ compared between the two.
 
 Stage 0 (the config's committed tower when it exists) and the dataset are made once before either timing;
 each timing is a whole ``run_grid`` (the feature cache, and for the parallel run the start-up of its two
-long-lived workers, each paid once however many cells the worker then takes, included). The metrics need not be bitwise equal: the sequential run's matrix
+long-lived workers, each paid once however many cells the worker then takes, included). The OS places the workers' threads (the
+default); ``--pinned`` adds a third run with each worker bound to a core (``launch.pin_cores``). The metrics need not be bitwise equal: the sequential run's matrix
 products reduce over 2 threads, the workers' over 1, a float sum in another order rounds differently, and
 training carries those last-bit differences forward. The issue's target is a ratio of at least 1.8. Writes
 ``<out>.json`` and ``<out>.md``; only a ratio taken in one run on an otherwise idle machine means anything.
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--tower-steps", type=int, default=None, help="stage-0 steps when one is trained")
     ap.add_argument("--threads", type=int, default=2, help="threads of the sequential run; the workers split them")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--pinned", action="store_true", help="also the local workers bound to a core each "
+                    "(launch.pin_cores), a third run side by side")
     ap.add_argument("--out", default="bench/results/parallel_cells", help="writes <out>.json and <out>.md")
     args = ap.parse_args()
 
@@ -110,6 +113,9 @@ def main() -> None:
         "parallel": replace(base, out_dir=str(tmp / "parallel"), num_threads=args.threads,
                             launch=LaunchConfig(launcher="local", workers=args.workers)),
     }
+    if args.pinned:
+        runs["pinned"] = replace(base, out_dir=str(tmp / "pinned"), num_threads=args.threads,
+                                 launch=LaunchConfig(launcher="local", workers=args.workers, pin_cores=True))
     n_cells = len(base.llms) * len(base.visual_tokens) * len(base.compressors) * len(base.seeds)
     seconds, metrics = {}, {}
     for name, cfg in runs.items():
@@ -145,6 +151,11 @@ def main() -> None:
                           "all_cells_side_by_side": round(sum(train["parallel"].values()), 2)},
         "metrics": compare(metrics["sequential"], metrics["parallel"]),
     }
+    if args.pinned:
+        result["pinned"] = {"seconds": round(seconds["pinned"], 2), "cells_per_hour": round(per_hour["pinned"], 1),
+                            "ratio": round(per_hour["pinned"] / per_hour["sequential"], 3),
+                            "side_by_side_1_thread": train["pinned"][first],
+                            "metrics_vs_sequential": compare(metrics["sequential"], metrics["pinned"])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -156,7 +167,10 @@ def main() -> None:
         "| run | threads | seconds | cells per hour |", "|---|---|---|---|",
         f"| sequential | {args.threads} | {seconds['sequential']:.1f} | {per_hour['sequential']:.1f} |",
         f"| local, {args.workers} workers | {result['parallel']['threads_each']} each | {seconds['parallel']:.1f} | "
-        f"{per_hour['parallel']:.1f} |", "",
+        f"{per_hour['parallel']:.1f} |",
+        *([f"| local, {args.workers} workers, each bound to a core | {result['parallel']['threads_each']} each | "
+           f"{seconds['pinned']:.1f} | {per_hour['pinned']:.1f} (ratio {result['pinned']['ratio']:.2f}; first cell "
+           f"{result['pinned']['side_by_side_1_thread']:.1f} s) |"] if args.pinned else []), "",
         f"Ratio (parallel / sequential cells per hour): **{ratio:.2f}** (target >= 1.8: "
         f"{'met' if ratio >= 1.8 else 'NOT met'}). Each worker pays a process's start-up (imports, tower and "
         f"feature store) once, then takes cells until none is left (cells per worker: {per_worker}); short cells "

@@ -232,12 +232,11 @@ class _InlineJob:
 def test_a_worker_that_dies_is_reported_with_its_cell_and_replaced(tmp_path, monkeypatch):
     real = launch.worker_job
 
-    def dies_in_its_first_cell(cfg, todo, run_dir, *args):
-        worker = args[-1]
+    def dies_in_its_first_cell(cfg, todo, run_dir, threads, driver_pid, force, worker, cores):
         if worker == 0:  # claims the first cell as a real worker does, then dies in it
             write_status(Path(run_dir), todo[0].id, state="running", worker=0, pid=os.getpid(), started=time.time())
             raise RuntimeError("worker 0 was killed")
-        return real(cfg, todo, run_dir, *args)
+        return real(cfg, todo, run_dir, threads, driver_pid, force, worker, cores)
 
     monkeypatch.setattr(launch, "make_executor", lambda cfg, folder: SimpleNamespace(
         submit=lambda fn, *args: _InlineJob(fn, args)))
@@ -255,6 +254,17 @@ def test_a_worker_that_dies_is_reported_with_its_cell_and_replaced(tmp_path, mon
     with pytest.raises(CellsFailed, match=rf"{cells[0]}: not run: every worker stopped \(worker 0: no memory\)$"):
         run_grid(cfg)
     assert "worker 1 submitted" not in (Path(cfg.out_dir) / "grid.log").read_text().split("1 to run")[-1]
+
+
+def test_local_cpu_workers_are_bound_to_disjoint_cores_when_they_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    cfg = load_config(str(write_config(tmp_path)), "--launcher", "local", "--workers", "2")
+    assert launch.worker_cores(cfg, 1, 0) is None  # off by default: the OS places the workers
+    cfg = replace(cfg, launch=replace(cfg.launch, pin_cores=True))
+    assert [launch.worker_cores(cfg, 2, slot) for slot in (0, 1)] == [[0, 1], [2, 3]]
+    assert launch.worker_cores(cfg, 3, 0) is None  # 2 x 3 threads do not fit in 4 cores: the OS places them
+    debug = replace(cfg, launch=replace(cfg.launch, launcher="debug"))
+    assert launch.worker_cores(debug, 1, 0) is None  # debug runs in the driver: never bind the driver
 
 
 # --- SLURM without SLURM -----------------------------------------------------------------------------------

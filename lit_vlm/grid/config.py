@@ -64,6 +64,10 @@ class LaunchConfig:
     workers: int = 1
     """Cells at once with ``local`` (one GPU each on a GPU machine; on a CPU num_threads is split between
     them) and the array's parallelism (sbatch --array=...%workers) with ``slurm``."""
+    pin_cores: bool = False
+    """``local`` on a CPU: bind each worker to its own cores (os.sched_setaffinity) when workers x threads fit
+    in the cores this process may use. Off by default: on the 2-core reference machine two bound workers were
+    slower than two the OS places (bench/results/parallel_cells.md, the driver then shares a worker's core)."""
     time_min: int = 24 * 60
     """``local``: a worker still running after this many minutes is stopped (submitit's timeout); the cell it
     held is reported failed, the cells it finished are in the table."""

@@ -138,6 +138,19 @@ def threads_per_worker(cfg: GridConfig) -> int | None:
     return each
 
 
+def worker_cores(cfg: GridConfig, threads: int | None, slot: int) -> list[int] | None:
+    """The cores local worker ``slot`` is bound to on a CPU (``launch.pin_cores``): ``threads`` of them each,
+    disjoint, when all workers' threads fit in the cores this process may use; else None (the OS schedules)."""
+    launch = cfg.launch
+    if (launch.launcher != "local" or not launch.pin_cores or not threads or uses_gpu(cfg)
+            or not hasattr(os, "sched_getaffinity")):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if launch.workers * threads > len(cores):
+        return None
+    return cores[slot * threads:(slot + 1) * threads]
+
+
 # --- in the driver ----------------------------------------------------------------------------------------
 def last_error_line(err: BaseException) -> str:
     """The worker's own last error line out of submitit's report (its traceback, or why there is none)."""
@@ -244,9 +257,11 @@ def _run_workers(cfg: GridConfig, todo: list[Cell], make_store: Callable[[], Fea
         if launch.launcher == "local":
             gpu = [f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus[slot])}"] if gpus else []  # as this process names it
             executor.update_parameters(setup=_thread_env(threads) + gpu)
-        job = executor.submit(worker_job, cfg, todo, str(run_dir), threads, driver_pid, force, wid)
+        cores = worker_cores(cfg, threads, slot)
+        job = executor.submit(worker_job, cfg, todo, str(run_dir), threads, driver_pid, force, wid, cores)
         jobs[job] = (wid, slot)
-        log.info("worker %d submitted (%s job %s)", wid, launch.launcher, job.job_id)
+        log.info("worker %d submitted (%s job %s)%s", wid, launch.launcher, job.job_id,
+                 f", bound to core(s) {','.join(map(str, cores))}" if cores else "")
 
     def poll() -> dict[str, dict]:
         statuses = read_statuses(run_dir)

@@ -125,14 +125,17 @@ def _run_one(cfg: GridConfig, cell: Cell, tower_state, store) -> str:
 
 
 def worker_job(cfg: GridConfig, todo: list[Cell], run_dir: str, threads: int | None, driver_pid: int | None,
-               force: bool, worker: int) -> int:
+               force: bool, worker: int, cores: list[int] | None = None) -> int:
     """A long-lived worker: loads once, then claims and runs cells of ``todo`` until none is left. A cell that
-    raises is marked failed with its error line and the worker goes on. Returns the number of cells it ran."""
+    raises is marked failed with its error line and the worker goes on. Returns the number of cells it ran.
+    ``cores``: bind this process (and the threads torch starts later) to these CPU cores."""
     from lit_vlm.grid.run import torch_threads
     from lit_vlm.grid.table import ResultsTable
 
     if driver_pid is not None:
         exit_with_driver(driver_pid)
+    if cores:
+        os.sched_setaffinity(0, cores)
     out, runs = Path(cfg.out_dir), Path(run_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     ran = 0
