@@ -135,7 +135,8 @@ def many():
 
 def test_all_question_types_appear(many):
     tasks = Counter((r["family"], r["task"]) for r in many)
-    assert {t for f, t in tasks if f == "reasoning"} == set(REASONING_TASKS)
+    # fact has weight 0 by default (a grid config turns it on, tested on its own below)
+    assert {t for f, t in tasks if f == "reasoning"} == set(REASONING_TASKS) - {"fact"}
     # highlight has weight 0 by default (the grid configs turn it on); every other OCR task appears
     assert {t for f, t in tasks if f == "ocr"} == set(OCR_TASKS) - {"highlight"}
     reasoning = sum(n for (f, _), n in tasks.items() if f == "reasoning")
@@ -338,3 +339,31 @@ def test_shape_radius_fixes_object_size_and_keeps_the_default_stream():
     assert np.array_equal(np.asarray(row["image"]), np.asarray(same["image"]))
     a = synthetic.draw_example("train", 0, **opts, shape_radius=[0.36, 0.36])
     assert not np.array_equal(np.asarray(row["image"]), np.asarray(a["image"]))
+
+
+def test_fact_task_answers_the_names_digit_at_the_images_count():
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=20, fact_zipf=1.0, max_shapes=5)
+    names, p, digits = synthetic.fact_table(20, 1.0, 0)
+    asked = Counter()
+    for split, seed in (("train", 0), ("test", 3)):  # one table for every split and data seed
+        for i in range(0, 120, 2):
+            record = []
+            row = synthetic._draw(split, i, seed, 64, ("reasoning", "ocr"), 0, opts, record)
+            name = row["question"].split()[2]
+            assert row["task"] == "fact" and row["question"] == f"what is {name} of the shapes?"
+            count = sum(r[0] == "object" for r in record)
+            assert 1 <= count <= 5 and row["answer"] == str(digits[names.index(name), count])
+            asked[names.index(name)] += 1
+    assert asked[0] > asked[19]  # Zipf: the first name is asked far more often than the last
+    assert np.isclose(p.sum(), 1) and p[0] / p[1] == pytest.approx(2.0)
+
+
+def test_fact_options_leave_other_benchmarks_resolved_as_before():
+    # caches and towers are fingerprinted on the resolved options: a benchmark without the fact task must not change
+    for options in ({}, {"reasoning_tasks": {"count": 1.0}}):
+        resolved = synthetic.resolve_options(**options)
+        assert "fact" not in resolved["reasoning_tasks"] and not set(synthetic.FACT_OPTIONS) & set(resolved)
+    with pytest.raises(UserError, match=r"fact_names=0: must be an integer in 1\.\.676"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=0)
+    with pytest.raises(UserError, match=r"fact_zipf=-1"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_zipf=-1)

@@ -85,6 +85,12 @@ class TaskOptions:
     """Graded OCR (grid layouts): character cell size at 64 px (4, 8, 16, 32 or 64) -> sampling weight."""
     shape_radius: list[float] | None = None
     """[lo, hi] radius of a shape as a fraction of its 16 px scene cell (equal bounds: one size for all)."""
+    fact_names: int | None = None
+    """The "fact" reasoning task: how many two-letter names have a digit per object count to be learned."""
+    fact_zipf: float | None = None
+    """The "fact" task: Zipf exponent of how often each name is asked (0: all equally often)."""
+    fact_seed: int | None = None
+    """The "fact" task: seed of the names and their digits (fixed across splits and data seeds)."""
 
 
 def _task_options(value) -> dict:

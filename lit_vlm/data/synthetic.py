@@ -95,7 +95,8 @@ PALETTE = {
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 OCR_SYMBOLS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-REASONING_TASKS = ("count", "count_color", "color", "shape", "exist", "compare", "spatial")
+REASONING_TASKS = ("count", "count_color", "color", "shape", "exist", "compare", "spatial", "fact")
+LATER_TASKS = ("fact",)  # added after caches were fingerprinted: in the resolved options only when drawn
 OCR_TASKS = ("read", "first", "second", "last", "highlight")
 HIGHLIGHT = "red"  # the ink of the one character the "highlight" task asks about
 
@@ -125,7 +126,17 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # Radius of a shape as a fraction of its 16 px scene cell, drawn per object from [lo, hi]. Equal bounds
     # give every object one size, so a pooled token's colour/shape areas are exact counts (cpu_law).
     "shape_radius": (0.3, 0.42),
+    # The "fact" task: knowledge the LLM must hold, looked up with what the image shows. Each of fact_names
+    # two-letter names (drawn with Zipf exponent fact_zipf: a few names are common, most are rare) has a fixed
+    # random digit for every object count, from a table seeded by fact_seed (the same for every split and data
+    # seed). "what is KX of the shapes?" asks the digit of name KX at this image's count: the count is read from
+    # the image (what V visual tokens allow), the table is stored in the LLM's weights (what N allows), and
+    # rarer names are learned only by larger models, so the error falls gradually with N.
+    "fact_names": 256,
+    "fact_zipf": 1.0,
+    "fact_seed": 0,
 }
+FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
 # Words of every question template; together with PALETTE, SHAPES and OCR_SYMBOLS this is the closed vocabulary.
@@ -189,11 +200,24 @@ def resolve_options(**options: Any) -> dict[str, Any]:
     lines = opts["ocr_lines"]
     if not isinstance(lines, int) or not 1 <= lines <= 64 // cell or (lines > 1 and opts["ocr_layout"] == "free"):
         raise UserError(f"ocr_lines={lines!r}: must be an integer in 1..{64 // cell} (above 1 only with a grid ocr_layout)")
+    reasoning = _weights("reasoning_tasks", opts["reasoning_tasks"], REASONING_TASKS)
+    reasoning = {t: w for t, w in reasoning.items() if w > 0 or t not in LATER_TASKS}
+    facts = {}
+    if reasoning.get("fact"):
+        names, zipf, fact_seed = opts["fact_names"], opts["fact_zipf"], opts["fact_seed"]
+        if not isinstance(names, int) or not 1 <= names <= len(FACT_LETTERS) ** 2:
+            raise UserError(f"fact_names={names!r}: must be an integer in 1..{len(FACT_LETTERS) ** 2}")
+        if not isinstance(zipf, (int, float)) or not 0 <= zipf <= 4:
+            raise UserError(f"fact_zipf={zipf!r}: must be a number in 0..4 (0: every name equally common)")
+        if not isinstance(fact_seed, int) or fact_seed < 0:
+            raise UserError(f"fact_seed={fact_seed!r}: must be an integer >= 0")
+        facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
     return {
         "colors": colors,
         "shapes": shapes,
         "max_shapes": max_shapes,
-        "reasoning_tasks": _weights("reasoning_tasks", opts["reasoning_tasks"], REASONING_TASKS),
+        "reasoning_tasks": reasoning,
+        **facts,
         "ocr_tasks": _weights("ocr_tasks", opts["ocr_tasks"], OCR_TASKS),
         "ocr_alphabet": alphabet,
         "ocr_length": length,
@@ -277,6 +301,21 @@ def _pick(rng, items, exclude=()):
     return pool[int(rng.integers(len(pool)))]
 
 
+FACT_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@lru_cache(maxsize=8)
+def fact_table(names: int, zipf: float, seed: int, max_count: int = 16) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The "fact" task's knowledge: ``names`` two-letter names, their Zipf probabilities, and a digit for
+    every (name, object count 0..max_count), all fixed by ``seed``."""
+    rng = np.random.default_rng([seed, 7919])
+    pairs = [a + b for a in FACT_LETTERS for b in FACT_LETTERS]
+    chosen = [pairs[k] for k in rng.permutation(len(pairs))[:names]]
+    p = 1.0 / np.arange(1, names + 1) ** zipf
+    digits = rng.integers(0, 10, size=(names, max_count + 1))
+    return chosen, p / p.sum(), digits
+
+
 def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None) -> tuple[Image.Image, str, str]:
     colors, shapes, m = opts["colors"], opts["shapes"], opts["max_shapes"]
 
@@ -291,6 +330,12 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
         n = int(rng.integers(1, m + 1))
         objs = [rand_obj() for _ in range(n)]
         q, a = "how many shapes are there?", str(n)
+    elif task == "fact":
+        names, p, digits = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])
+        k = int(rng.choice(len(names), p=p))
+        n = int(rng.integers(1, m + 1))
+        objs = [rand_obj() for _ in range(n)]
+        q, a = f"what is {names[k]} of the shapes?", str(digits[k, n])
     elif task == "count_color":
         c = _pick(rng, colors)
         k = int(rng.integers(0, min(m - 1, 3) + 1))  # 0..3: chance 1/4
