@@ -40,9 +40,20 @@ def tally(answers, digits: int | None = None) -> dict[str, dict]:
     return out
 
 
-def task_accuracy(predictions) -> dict[str, dict]:
-    """``tally`` of predict_step's rows (exact match of the stripped answer)."""
-    return tally((r["family"], r["task"], r["prediction"].strip() == r["answer"]) for batch in predictions for r in batch)
+def fact_bucket(question: str, names: list[str]) -> str:
+    """The "fact" task split by how common the asked name is: its frequency rank in bands of 4x (1-4, 5-16, ...)."""
+    rank, band = names.index(question.split()[2]) + 1, 1
+    while rank > 4 ** band:
+        band += 1
+    return f"fact{band} (names {4 ** (band - 1) + 1 if band > 1 else 1}-{min(4 ** band, len(names))})"
+
+
+def task_accuracy(predictions, fact_names: list[str] | None = None) -> dict[str, dict]:
+    """``tally`` of predict_step's rows (exact match of the stripped answer); with ``fact_names`` (most common
+    first) the fact task is split by how common the name is."""
+    def task(r):
+        return fact_bucket(r["question"], fact_names) if fact_names and r["task"] == "fact" else r["task"]
+    return tally((r["family"], task(r), r["prediction"].strip() == r["answer"]) for batch in predictions for r in batch)
 
 
 def main() -> int:
@@ -54,6 +65,7 @@ def main() -> int:
     args = ap.parse_args()
     try:
         from lit_vlm.data.datamodule import VLMDataModule
+        from lit_vlm.data.synthetic import fact_table, resolve_options
         from lit_vlm.module import LitVLM
 
         cfg = validate(load_config(args.config))
@@ -62,12 +74,14 @@ def main() -> int:
         if missing:
             raise UserError(f"no checkpoint {missing[0]}; cells there: "
                             f"{', '.join(sorted(p.name for p in (Path(cfg.out_dir) / 'cells').glob('*'))) or 'none'}")
+        opts = resolve_options(**(cfg.data.get("task_options") or {}))
+        names = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])[0] if "fact_names" in opts else None
         lines = [f"`python {' '.join(sys.argv)}`", "", "| cell | family | per task |", "|---|---|---|"]
         for cell, ckpt in zip(args.cells, ckpts):
             module = LitVLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
             dm = VLMDataModule(**{**cfg.data, "num_test": args.num_test}, processor=module.processor)
             trainer = L.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
-            for family, result in task_accuracy(trainer.predict(module, dm)).items():
+            for family, result in task_accuracy(trainer.predict(module, dm), names).items():
                 text = ", ".join(f"{t} {a:.2f}" for t, a in result["tasks"].items())
                 print(f"{cell} {family}: {text}", flush=True)
                 lines.append(f"| {cell} | {family} | {text} |")
