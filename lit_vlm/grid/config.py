@@ -66,8 +66,9 @@ class LaunchConfig:
     them) and the array's parallelism (sbatch --array=...%workers) with ``slurm``."""
     pin_cores: bool = False
     """``local`` on a CPU: bind each worker to its own cores (os.sched_setaffinity) when workers x threads fit
-    in the cores this process may use. Off by default: on the 2-core reference machine two bound workers were
-    slower than two the OS places (bench/results/parallel_cells.md, the driver then shares a worker's core)."""
+    in the cores this process may use. Off by default: on the 2-core reference machine binding gained nothing
+    consistent (bench/results/parallel_cells_runs.md: 1.67x against 1.83x unbound in one run, 1.68x against
+    1.57x in another)."""
     time_min: int = 24 * 60
     """``local``: a worker still running after this many minutes is stopped (submitit's timeout); the cell it
     held is reported failed, the cells it finished are in the table."""
