@@ -358,6 +358,24 @@ def test_fact_task_answers_the_names_digit_at_the_images_count():
     assert np.isclose(p.sum(), 1) and p[0] / p[1] == pytest.approx(2.0)
 
 
+def test_fact_task_keyed_on_colour_answers_the_names_digit_at_the_one_colour_drawn():
+    colors = ["red", "green", "blue", "yellow"]
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=20, fact_key="color", colors=colors,
+                                     max_shapes=3)
+    names, _, digits = synthetic.fact_table(20, 1.0, 0)
+    for i in range(40):
+        record = []
+        row = synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts, record)
+        name = row["question"].split()[2]
+        assert row["question"] == f"what is {name} of the color?"
+        drawn = {r[1][1] for r in record if r[0] == "object"}
+        assert len(drawn) == 1 and 1 <= len(record) <= 3  # one colour, 1..max_shapes objects
+        assert row["answer"] == str(digits[names.index(name), colors.index(drawn.pop())])
+    assert "fact_key" not in synthetic.resolve_options(reasoning_tasks={"fact": 1.0})  # the default: as before
+    with pytest.raises(UserError, match=r"fact_key='size': must be one of \['count', 'color'\]"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="size")
+
+
 def test_fact_options_leave_other_benchmarks_resolved_as_before():
     # caches and towers are fingerprinted on the resolved options: a benchmark without the fact task must not change
     for options in ({}, {"reasoning_tasks": {"count": 1.0}}):

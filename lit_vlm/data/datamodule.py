@@ -91,6 +91,8 @@ class TaskOptions:
     """The "fact" task: Zipf exponent of how often each name is asked (0: all equally often)."""
     fact_seed: int | None = None
     """The "fact" task: seed of the names and their digits (fixed across splits and data seeds)."""
+    fact_key: str | None = None
+    """The "fact" task: what the image supplies to the lookup: "count" (objects) or "color" (all objects share one)."""
 
 
 def _task_options(value) -> dict:

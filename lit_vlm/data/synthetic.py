@@ -132,11 +132,15 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # seed). "what is KX of the shapes?" asks the digit of name KX at this image's count: the count is read from
     # the image (what V visual tokens allow), the table is stored in the LLM's weights (what N allows), and
     # rarer names are learned only by larger models, so the error falls gradually with N.
+    # fact_key "color" keys the digit on the one colour all of the image's objects share instead ("what is KX
+    # of the color?"): a category a single pooled token still holds, where a count needs finer reading.
     "fact_names": 256,
     "fact_zipf": 1.0,
     "fact_seed": 0,
+    "fact_key": "count",
 }
-FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed")
+FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key")
+FACT_KEYS = ("count", "color")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
 # Words of every question template; together with PALETTE, SHAPES and OCR_SYMBOLS this is the closed vocabulary.
@@ -211,7 +215,11 @@ def resolve_options(**options: Any) -> dict[str, Any]:
             raise UserError(f"fact_zipf={zipf!r}: must be a number in 0..4 (0: every name equally common)")
         if not isinstance(fact_seed, int) or fact_seed < 0:
             raise UserError(f"fact_seed={fact_seed!r}: must be an integer >= 0")
+        if opts["fact_key"] not in FACT_KEYS:
+            raise UserError(f"fact_key={opts['fact_key']!r}: must be one of {list(FACT_KEYS)}")
         facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
+        if opts["fact_key"] != "count":  # added later: listed only when set, so fingerprints made before stay valid
+            facts["fact_key"] = opts["fact_key"]
     return {
         "colors": colors,
         "shapes": shapes,
@@ -307,7 +315,7 @@ FACT_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 @lru_cache(maxsize=8)
 def fact_table(names: int, zipf: float, seed: int, max_count: int = 16) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The "fact" task's knowledge: ``names`` two-letter names, their Zipf probabilities, and a digit for
-    every (name, object count 0..max_count), all fixed by ``seed``."""
+    every (name, key 0..max_count), all fixed by ``seed``; the key is the object count, or the colour's index."""
     rng = np.random.default_rng([seed, 7919])
     pairs = [a + b for a in FACT_LETTERS for b in FACT_LETTERS]
     chosen = [pairs[k] for k in rng.permutation(len(pairs))[:names]]
@@ -334,8 +342,13 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
         names, p, digits = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])
         k = int(rng.choice(len(names), p=p))
         n = int(rng.integers(1, m + 1))
-        objs = [rand_obj() for _ in range(n)]
-        q, a = f"what is {names[k]} of the shapes?", str(digits[k, n])
+        if opts.get("fact_key", "count") == "color":  # every object one colour: the digit of (name, colour)
+            c = _pick(rng, colors)
+            objs = [(_pick(rng, shapes), c) for _ in range(n)]
+            q, a = f"what is {names[k]} of the color?", str(digits[k, colors.index(c)])
+        else:
+            objs = [rand_obj() for _ in range(n)]
+            q, a = f"what is {names[k]} of the shapes?", str(digits[k, n])
     elif task == "count_color":
         c = _pick(rng, colors)
         k = int(rng.integers(0, min(m - 1, 3) + 1))  # 0..3: chance 1/4
