@@ -372,8 +372,28 @@ def test_fact_task_keyed_on_colour_answers_the_names_digit_at_the_one_colour_dra
         assert len(drawn) == 1 and 1 <= len(record) <= 3  # one colour, 1..max_shapes objects
         assert row["answer"] == str(digits[names.index(name), colors.index(drawn.pop())])
     assert "fact_key" not in synthetic.resolve_options(reasoning_tasks={"fact": 1.0})  # the default: as before
-    with pytest.raises(UserError, match=r"fact_key='size': must be one of \['count', 'color'\]"):
+    with pytest.raises(UserError, match=r"fact_key='size': must be one of \['count', 'color', 'name'\]"):
         synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="size")
+
+
+def test_fact_task_keyed_on_the_name_alone_answers_one_digit_per_name_whatever_the_image():
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=5, fact_zipf=0.0, fact_key="name")
+    names, _, digits = synthetic.fact_table(5, 0.0, 0)
+    seen = {}
+    for i in range(60):
+        row = synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts)
+        name = row["question"].split()[2].rstrip("?")
+        assert row["question"] == f"what is {name}?"
+        seen.setdefault(name, set()).add(row["answer"])
+    # every name came up, always with its own digit, over images of any count and colours
+    assert seen == {n: {str(digits[k, 0])} for k, n in enumerate(names)}
+    two = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=5, fact_key="name", fact_digits=2)
+    row = synthetic._draw("train", 0, 0, 64, ("reasoning",), 0, two)
+    k = names.index(row["question"].split()[2].rstrip("?"))
+    assert row["answer"] == f"{digits[k, 0]}{digits[k, 1]}"  # the name's first digit, then its second
+    assert "fact_digits" not in opts  # the default, 1, is not listed: fingerprints made before stay valid
+    with pytest.raises(UserError, match=r"fact_digits=2: must be an integer in 1\.\.8 \(above 1 only with fact_key: name\)"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_digits=2)
 
 
 def test_fact_options_leave_other_benchmarks_resolved_as_before():

@@ -92,7 +92,10 @@ class TaskOptions:
     fact_seed: int | None = None
     """The "fact" task: seed of the names and their digits (fixed across splits and data seeds)."""
     fact_key: str | None = None
-    """The "fact" task: what the image supplies to the lookup: "count" (objects) or "color" (all objects share one)."""
+    """The "fact" task: what the image supplies to the lookup: "count" (objects), "color" (all objects share one) or
+    "name" (nothing: the digit is the name's alone)."""
+    fact_digits: int | None = None
+    """The "fact" task with fact_key "name": digits in each name's answer (default 1)."""
 
 
 def _task_options(value) -> dict:

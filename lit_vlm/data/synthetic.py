@@ -134,13 +134,19 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # rarer names are learned only by larger models, so the error falls gradually with N.
     # fact_key "color" keys the digit on the one colour all of the image's objects share instead ("what is KX
     # of the color?"): a category a single pooled token still holds, where a count needs finer reading.
+    # fact_key "name" keys it on the name alone ("what is KX?"): pure knowledge, the image plays no part, and
+    # with one digit per name even the rarest names are seen often enough that the LLM's size, not the luck of
+    # which rare facts a run happened to meet, decides how many it stores. fact_digits (name key only) makes
+    # each name's answer that many digits ("what is KX?" -> "47"): more to store per name, so the largest LLMs
+    # do not run out of names to learn.
     "fact_names": 256,
     "fact_zipf": 1.0,
     "fact_seed": 0,
     "fact_key": "count",
+    "fact_digits": 1,
 }
-FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key")
-FACT_KEYS = ("count", "color")
+FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits")
+FACT_KEYS = ("count", "color", "name")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
 # Words of every question template; together with PALETTE, SHAPES and OCR_SYMBOLS this is the closed vocabulary.
@@ -217,9 +223,12 @@ def resolve_options(**options: Any) -> dict[str, Any]:
             raise UserError(f"fact_seed={fact_seed!r}: must be an integer >= 0")
         if opts["fact_key"] not in FACT_KEYS:
             raise UserError(f"fact_key={opts['fact_key']!r}: must be one of {list(FACT_KEYS)}")
+        ndig = opts["fact_digits"]
+        if not isinstance(ndig, int) or not 1 <= ndig <= 8 or (ndig > 1 and opts["fact_key"] != "name"):
+            raise UserError(f"fact_digits={ndig!r}: must be an integer in 1..8 (above 1 only with fact_key: name)")
         facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
-        if opts["fact_key"] != "count":  # added later: listed only when set, so fingerprints made before stay valid
-            facts["fact_key"] = opts["fact_key"]
+        # added later: listed only when set, so fingerprints made before stay valid
+        facts.update({k: opts[k] for k, default in (("fact_key", "count"), ("fact_digits", 1)) if opts[k] != default})
     return {
         "colors": colors,
         "shapes": shapes,
@@ -315,7 +324,7 @@ FACT_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 @lru_cache(maxsize=8)
 def fact_table(names: int, zipf: float, seed: int, max_count: int = 16) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The "fact" task's knowledge: ``names`` two-letter names, their Zipf probabilities, and a digit for
-    every (name, key 0..max_count), all fixed by ``seed``; the key is the object count, or the colour's index."""
+    every (name, key 0..max_count), all fixed by ``seed``; the key is the object count, the colour's index, or 0 (the name alone)."""
     rng = np.random.default_rng([seed, 7919])
     pairs = [a + b for a in FACT_LETTERS for b in FACT_LETTERS]
     chosen = [pairs[k] for k in rng.permutation(len(pairs))[:names]]
@@ -346,6 +355,9 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             c = _pick(rng, colors)
             objs = [(_pick(rng, shapes), c) for _ in range(n)]
             q, a = f"what is {names[k]} of the color?", str(digits[k, colors.index(c)])
+        elif opts.get("fact_key", "count") == "name":  # the image is any scene; the digit is the name's own
+            objs = [rand_obj() for _ in range(n)]
+            q, a = f"what is {names[k]}?", "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
         else:
             objs = [rand_obj() for _ in range(n)]
             q, a = f"what is {names[k]} of the shapes?", str(digits[k, n])
