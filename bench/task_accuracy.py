@@ -42,7 +42,7 @@ def tally(answers, digits: int | None = None) -> dict[str, dict]:
 
 def fact_bucket(question: str, names: list[str]) -> str:
     """The "fact" task split by how common the asked name is: its frequency rank in bands of 4x (1-4, 5-16, ...)."""
-    rank, band = names.index(question.split()[2]) + 1, 1
+    rank, band = names.index(question.split()[2].rstrip("?")) + 1, 1  # "what is KX?" (fact_key name) too
     while rank > 4 ** band:
         band += 1
     return f"fact{band} (names {4 ** (band - 1) + 1 if band > 1 else 1}-{min(4 ** band, len(names))})"
