@@ -137,8 +137,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # fact_key "name" keys it on the name alone ("what is KX?"): pure knowledge, the image plays no part, and
     # with one digit per name even the rarest names are seen often enough that the LLM's size, not the luck of
     # which rare facts a run happened to meet, decides how many it stores. fact_digits (name key only) makes
-    # each name's answer that many digits ("what is KX?" -> "47"): more to store per name, so the largest LLMs
-    # do not run out of names to learn.
+    # each name's answer that many digits ("what is KX?" -> "47"): more to store per name.
     "fact_names": 256,
     "fact_zipf": 1.0,
     "fact_seed": 0,
@@ -324,7 +323,8 @@ FACT_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 @lru_cache(maxsize=8)
 def fact_table(names: int, zipf: float, seed: int, max_count: int = 16) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The "fact" task's knowledge: ``names`` two-letter names, their Zipf probabilities, and a digit for
-    every (name, key 0..max_count), all fixed by ``seed``; the key is the object count, the colour's index, or 0 (the name alone)."""
+    every (name, key 0..max_count), all fixed by ``seed``; the key is the object count, the colour's index, or 0
+    (the name alone; with fact_digits d, the name's answer is its digits at keys 0..d-1)."""
     rng = np.random.default_rng([seed, 7919])
     pairs = [a + b for a in FACT_LETTERS for b in FACT_LETTERS]
     chosen = [pairs[k] for k in rng.permutation(len(pairs))[:names]]
