@@ -396,6 +396,28 @@ def test_fact_task_keyed_on_the_name_alone_answers_one_digit_per_name_whatever_t
         synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_digits=2)
 
 
+def test_fact_task_shown_draws_the_names_symbol_as_the_one_red_character_in_the_shared_share_of_images():
+    grid = dict(ocr_layout="grid", ocr_lines=2, ocr_length=[8, 8], ocr_cells={64: 0.5, 8: 0.5})
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=5, fact_zipf=0.0, fact_key="name",
+                                     fact_shown=0.75, **grid)
+    names, _, digits = synthetic.fact_table(5, 0.0, 0)
+    alphabet = opts["ocr_alphabet"]
+    shown = 0
+    for i in range(200):
+        record = []
+        row = synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts, record)
+        k = names.index(row["question"].split()[2].rstrip("?"))
+        assert row["answer"] == alphabet[digits[k, 0] % len(alphabet)]  # the name's own symbol, every time
+        red = [r[1] for r in record if r[0] == "char" and r[4]]
+        assert red in ([], [row["answer"]])  # no red character, or the answer alone in red
+        shown += bool(red)
+    assert 0.65 <= shown / 200 <= 0.85  # about fact_shown of the images show it
+    assert opts["fact_shown"] == 0.75 and "fact_shown" not in synthetic.resolve_options(reasoning_tasks={"fact": 1.0})
+    for bad in (dict(fact_key="count"), dict(fact_key="name", fact_digits=2), dict(fact_key="name", ocr_layout="free", ocr_lines=1, ocr_cells=None)):
+        with pytest.raises(UserError, match=r"fact_shown=0\.5: must be a number in 0\.\.1 \(above 0 only with fact_key: name"):
+            synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_shown=0.5, **{**grid, **bad})
+
+
 def test_fact_options_leave_other_benchmarks_resolved_as_before():
     # caches and towers are fingerprinted on the resolved options: a benchmark without the fact task must not change
     for options in ({}, {"reasoning_tasks": {"count": 1.0}}):

@@ -96,6 +96,9 @@ class TaskOptions:
     "name" (nothing: the digit is the name's alone)."""
     fact_digits: int | None = None
     """The "fact" task with fact_key "name": digits in each name's answer (default 1)."""
+    fact_shown: float | None = None
+    """The "fact" task with fact_key "name": share of images that show the name's answer (one OCR symbol) as the
+    red character of an OCR grid (default 0: the image plays no part)."""
 
 
 def _task_options(value) -> dict:

@@ -138,13 +138,20 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # with one digit per name even the rarest names are seen often enough that the LLM's size, not the luck of
     # which rare facts a run happened to meet, decides how many it stores. fact_digits (name key only) makes
     # each name's answer that many digits ("what is KX?" -> "47"): more to store per name.
+    # fact_shown (name key only): the share of fact images that show the answer. The name's answer is then one
+    # symbol of the OCR alphabet, and the image is an OCR grid (ocr_cells' sizes) in which, with this
+    # probability, the answer is the one character drawn in red (otherwise no character is red). An LLM that
+    # stores the name needs no image; one that does not must read the red character, which more visual tokens
+    # do more often: the error is (names not stored, falling with N) x (hints not read, falling with V), the
+    # paper's multiplicative law, and the larger the LLM the less V matters.
+    "fact_shown": 0.0,
     "fact_names": 256,
     "fact_zipf": 1.0,
     "fact_seed": 0,
     "fact_key": "count",
     "fact_digits": 1,
 }
-FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits")
+FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown")
 FACT_KEYS = ("count", "color", "name")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
@@ -225,9 +232,15 @@ def resolve_options(**options: Any) -> dict[str, Any]:
         ndig = opts["fact_digits"]
         if not isinstance(ndig, int) or not 1 <= ndig <= 8 or (ndig > 1 and opts["fact_key"] != "name"):
             raise UserError(f"fact_digits={ndig!r}: must be an integer in 1..8 (above 1 only with fact_key: name)")
+        shown = opts["fact_shown"]
+        if (not isinstance(shown, (int, float)) or not 0 <= shown <= 1
+                or (shown > 0 and (opts["fact_key"] != "name" or ndig != 1 or opts["ocr_layout"] == "free"))):
+            raise UserError(f"fact_shown={shown!r}: must be a number in 0..1 (above 0 only with fact_key: name, "
+                            "fact_digits: 1 and a grid ocr_layout)")
         facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
         # added later: listed only when set, so fingerprints made before stay valid
-        facts.update({k: opts[k] for k, default in (("fact_key", "count"), ("fact_digits", 1)) if opts[k] != default})
+        later = (("fact_key", "count"), ("fact_digits", 1), ("fact_shown", 0.0))
+        facts.update({k: opts[k] for k, default in later if opts[k] != default})
     return {
         "colors": colors,
         "shapes": shapes,
@@ -355,6 +368,10 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             c = _pick(rng, colors)
             objs = [(_pick(rng, shapes), c) for _ in range(n)]
             q, a = f"what is {names[k]} of the color?", str(digits[k, colors.index(c)])
+        elif opts.get("fact_shown"):  # the name's own symbol, shown in red in an OCR image, or no red at all
+            a = opts["ocr_alphabet"][digits[k, 0] % len(opts["ocr_alphabet"])]
+            task = "highlight" if rng.random() < opts["fact_shown"] else "read"
+            return _ocr(rng, task, opts, size, record, answer=a)[0], f"what is {names[k]}?", a
         elif opts.get("fact_key", "count") == "name":  # the image is any scene; the digit is the name's own
             objs = [rand_obj() for _ in range(n)]
             q, a = f"what is {names[k]}?", "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
@@ -420,7 +437,9 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
     return _scene(rng, head + tail, size, order, record, radius), q, a
 
 
-def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None) -> tuple[Image.Image, str, str]:
+def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None,
+         answer: str | None = None) -> tuple[Image.Image, str, str]:
+    """An OCR image, its question and answer; ``answer`` (task highlight) is the character drawn in red."""
     alphabet, (lo, hi) = opts["ocr_alphabet"], opts["ocr_length"]
     n = int(rng.integers(lo, hi + 1))
     text = "".join(alphabet[k] for k in rng.integers(len(alphabet), size=n))
@@ -460,6 +479,8 @@ def _ocr(rng, task: str, opts: dict, size: int, record: list | None = None) -> t
     draw = ImageDraw.Draw(img)
     ink = tuple(int(v) for v in rng.integers(0, 70, size=3))
     marked = int(rng.integers(len(text))) if task == "highlight" else -1  # drawn only for this task: others unchanged
+    if answer is not None and marked >= 0:
+        text = text[:marked] + answer + text[marked + 1:]
     for k, (ch, xy) in enumerate(zip(text, centres)):
         draw.text(xy, ch, font=font, fill=PALETTE[HIGHLIGHT] if k == marked else ink, anchor=anchor)
         if record is not None:  # the glyph's centre: "ms" anchors at the baseline, half a cap height below it
