@@ -167,3 +167,10 @@ def test_argparse_mistakes_are_one_line_user_errors(capsys):
     assert main(["fit", "--family", "ocr"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--results" in err and err.count("\n") == 1
+
+
+def test_size_label_reads_like_the_paper_for_billions_and_in_k_for_a_cpu_grid():
+    from lit_vlm.scaling.table import size_label
+
+    assert [size_label(n) for n in (0.5, 1.8, 7, 14)] == ["N=0.5B", "N=1.8B", "N=7B", "N=14B"]
+    assert [size_label(n) for n in (8.272e-6, 2.95392e-4, 1.2e-3, 5e-10)] == ["N=8.27k", "N=295k", "N=1.2M", "N=0.5"]

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from lit_vlm.scaling.fit import Fit
 from lit_vlm.scaling.frontier import frontier, inference_flops
-from lit_vlm.scaling.table import Results
+from lit_vlm.scaling.table import Results, size_label
 
 
 def _axes(ax, size=(6, 4.5)):
@@ -32,7 +32,7 @@ def plot_frontier(fit: Fit, results: Results, q=0.0, ax=None):
         m = results.n == n
         ax.scatter(inference_flops(n * 1e9, results.v[m], q), results.error[m], color=color, s=18, zorder=3)
         ax.plot(inference_flops(n * 1e9, v_line, q), fit.predict(n, v_line), color=color, lw=1.2,
-                label=f"N={n:g}B")
+                label=size_label(n))
     lo = inference_flops(sizes.min() * 1e9, 1.0, q)
     hi = inference_flops(sizes.max() * 1e9, v_max, q)
     fr = frontier(fit, np.geomspace(lo, hi, 200), q=q, v_max=v_max)
@@ -56,7 +56,7 @@ def plot_error_vs_v(fit: Fit, results: Results, ax=None):
     for i, n in enumerate(np.unique(results.n)):
         m = results.n == n
         ax.scatter(results.v[m], results.error[m], color=f"C{i}", s=18, zorder=3)
-        ax.plot(v_line, fit.predict(n, v_line), color=f"C{i}", lw=1.2, label=f"N={n:g}B")
+        ax.plot(v_line, fit.predict(n, v_line), color=f"C{i}", lw=1.2, label=size_label(n))
     ax.set_xscale("log")
     ax.set_xlabel("visual tokens V")
     ax.set_ylabel(f"error ({results.target})")
@@ -85,7 +85,7 @@ def plot_cost(fit: Fit, results: Results, cost="full", text_tokens=50.0, ax=None
         m = np.flatnonzero(results.n == n)
         m = m[np.argsort(results.v[m])]
         ax.scatter(flops[m], results.error[m], color=f"C{i}", s=18, zorder=3)
-        ax.plot(flops[m], fit.predict(n, results.v[m]), color=f"C{i}", lw=1.2, label=f"N={n:g}B (law)")
+        ax.plot(flops[m], fit.predict(n, results.v[m]), color=f"C{i}", lw=1.2, label=f"{size_label(n)} (law)")
     front = cost_frontier(results, cost, text_tokens)["cells"]
     ax.step([c["flops"] for c in front], [c["error"] for c in front], "k--", where="post", lw=1.5,
             label="observed frontier")

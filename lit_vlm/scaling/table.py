@@ -37,6 +37,15 @@ GRID_COLUMNS = ("llm", "llm_params", "visual_tokens", "family")
 AMBIGUOUS_NOTE = re.compile(r"row form of the source gives ([0-9.]+); flat list gives ([0-9.]+)")
 
 
+def size_label(n_billion) -> str:
+    """An LLM size as figures and fold names show it: 0.5B and 7B as the paper writes them, 8.27k or 295k for a
+    CPU grid's (N in billions, as Results holds it)."""
+    p = float(n_billion) * 1e9
+    unit, scale = next(((u, x) for u, x in (("B", 1e9), ("M", 1e6), ("k", 1e3)) if p >= (1e8 if u == "B" else x)),
+                       ("", 1.0))
+    return f"N={p / scale:.3g}{unit}"
+
+
 @dataclass
 class Results:
     """Cells of one family, one row per (LLM, V): the frame every fit works on."""
@@ -84,7 +93,7 @@ def make_results(n_billion, v, *, error=None, score=None, family="custom", llm=N
     if not (len(n) == len(v) == len(vals)):
         raise UserError(f"n, v and {name} must have the same length, got {len(n)}, {len(v)}, {len(vals)}")
     for i in range(len(vals)):
-        where = f"N={n[i]:g}B, V={v[i]:g}"
+        where = f"{size_label(n[i])}, V={v[i]:g}"
         _check_cell(vals[i], name, where, upper=1.0 if name == "score" else math.inf)
         _check_positive(n[i], "N (llm params)", where)
         _check_positive(v[i], "V (visual tokens)", where)

@@ -17,7 +17,7 @@ import numpy as np
 from lit_vlm.errors import UserError
 from lit_vlm.scaling.fit import fit_law
 from lit_vlm.scaling.laws import LAWS
-from lit_vlm.scaling.table import Results
+from lit_vlm.scaling.table import Results, size_label
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Validation:
 def validate(results: Results, law="multiplicative") -> Validation:
     """Leave-one-size-out (sizes ascending, so the largest is last) and leave-one-V-out errors."""
     sizes, vs = np.unique(results.n), np.unique(results.v)
-    loso = [_fold(results, law, results.n == s, f"N={s:g}B", "v") for s in sizes]
+    loso = [_fold(results, law, results.n == s, size_label(s), "v") for s in sizes]
     lovo = [_fold(results, law, results.v == v, f"V={v:g}", "n") for v in vs]
     return Validation(str(law), loso, lovo)
 
