@@ -410,6 +410,7 @@ RATE_TOLERANCE, LOSS_TOLERANCE = 0.03, 0.01
 # Every committed grid: its config and its table (the OCR sweep's YAML is its 2-character grid).
 COMMITTED_GRIDS = {
     "cpu_mini": ("cpu_mini.yaml", ROOT / "results" / "cpu_mini" / "results.csv"),
+    "cpu_law": ("cpu_law.yaml", ROOT / "results" / "cpu_law" / "results.csv"),
     "cpu_baselines": ("cpu_baselines.yaml", ROOT / "results" / "cpu_baselines" / "results.csv"),
     "cpu_ocr_sweep": ("cpu_ocr_sweep.yaml", ROOT / "results" / "cpu_ocr_sweep" / "chars02" / "results.csv"),
 }

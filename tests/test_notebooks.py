@@ -127,7 +127,7 @@ def test_committed_notebook_shows_every_figure(src):
     assert "mode: committed" in json.dumps([o.get("text", "") for o in _outputs(nb)])
     assert _figures(nb) >= MIN_FIGURES[src.stem[:2]]
     if src.stem[:2] in ("03", "04", "05"):  # these read the committed grid, and say so
-        assert "results/cpu_mini/results.csv" in nb.metadata["lit_vlm"]["inputs"]
+        assert f"results/{tutorial.GRID}/results.csv" in nb.metadata["lit_vlm"]["inputs"]
 
 
 def test_stale_detects_a_changed_source_and_a_changed_result(tmp_path):

@@ -101,8 +101,8 @@ def test_a_pip_installed_kit_finds_the_committed_grid(tmp_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     installed = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "lit_vlm"
     assert Path(got["lit_vlm"]).parent == installed  # the wheel's copy, not the clone
-    assert got["committed"] == str(installed / "_committed" / "cpu_mini" / "results.csv")
-    assert Path(got["committed"]).read_bytes() == (ROOT / "results" / "cpu_mini" / "results.csv").read_bytes()
-    assert got["config"] == str(installed / "_committed" / "cpu_mini" / "config.yaml")
+    assert got["committed"] == str(installed / "_committed" / "cpu_law" / "results.csv")
+    assert Path(got["committed"]).read_bytes() == (ROOT / "results" / "cpu_law" / "results.csv").read_bytes()
+    assert got["config"] == str(installed / "_committed" / "cpu_law" / "config.yaml")
     assert not got["errors"] and got["figures"] >= 1
-    assert any("committed grid: lit_vlm/_committed/cpu_mini/results.csv" in t for t in got["text"]), got["text"]
+    assert any("committed grid: lit_vlm/_committed/cpu_law/results.csv" in t for t in got["text"]), got["text"]

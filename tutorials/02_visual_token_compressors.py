@@ -74,7 +74,7 @@ SMOKE, WORK, ACCELERATOR = kit.smoke, kit.work, kit.accelerator
 # %%
 VISION, LLM = tutorial.tiny_sizes(SMOKE)  # an 8 x 8 patch grid, so V in {1, 4, 16, 64}
 
-TASK_OPTIONS = tutorial.task_options()  # the committed grid's benchmark: small models learn it in minutes
+TASK_OPTIONS = tutorial.task_options()  # cpu_mini's benchmark: questions about the image, learned in minutes
 
 VS = [1, 4, 16, 64]
 LEVELS = [0, -1]  # two feature levels (patch embeddings, last layer): tokenpacker and quecc read both

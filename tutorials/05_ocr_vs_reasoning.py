@@ -67,7 +67,7 @@ SMOKE, WORK, ACCELERATOR = kit.smoke, kit.work, kit.accelerator
 # %%
 VISION, LLM = tutorial.tiny_sizes(SMOKE)  # an 8 x 8 patch grid, so V in {1, 4, 16, 64}
 
-TASK_OPTIONS = tutorial.task_options()  # the committed grid's benchmark: small models learn it in minutes
+TASK_OPTIONS = tutorial.task_options()  # cpu_mini's benchmark: questions about the image, learned in minutes
 
 import numpy as np
 from lit_vlm import UserError
@@ -124,9 +124,10 @@ for q in (0.0, 50.0):
 # %% [markdown]
 # ## 2. The same on our grid
 #
-# The committed CPU grid, or the grid `GRID_RESULTS` names (notebook 03 prints the path of the one it
-# trained). A smoke-mode grid trained 60 steps per cell: expect flat, meaningless fits (or none at all) - the
-# comparison only becomes informative on a properly trained grid.
+# The committed CPU grid (`results/cpu_law/results.csv`: 5 LLM widths, V = 1, 4, 16, 2 seeds), or the grid
+# `GRID_RESULTS` names (notebook 03 prints the path of the one it trained). A smoke-mode grid trained 60 steps
+# per cell: expect flat, meaningless fits (or none at all) - the comparison only becomes informative on a
+# properly trained grid.
 
 # %%
 ours = tutorial.grid_results(GRID_RESULTS)
@@ -134,14 +135,24 @@ print("grid:", tutorial.shown(ours))
 mine, summary = fit_families(ours, families_in(ours))
 if summary is not None:
     display(summary)
-if mine:
-    display(plot_compare(mine, q=0.0))
+for q in (0.0, 50.0) if mine else ():
+    fig = plot_compare(mine, q=q)
+    fig.suptitle(f"{tutorial.shown(ours)}, Q = {q:g}")
+    display(fig)
+
+# %% [markdown]
+# On the committed grid the two families split as on the paper's: OCR's α/β is about 0.3 (interval 0.21-0.38
+# with 1,000 bootstrap resamples, `results/cpu_law/fit_ocr/`), so every LLM reads more with more tokens and
+# the OCR frontier takes the largest V; reasoning's α/β is far above 1, so its frontier stays at V = 1 at
+# Q = 0. Notebook 04 (section 7) puts intervals on both and shows what they leave open: reasoning's β is not
+# identified on this grid.
 
 # %% [markdown]
 # ## 3. What one visual token keeps, and what it loses
 #
 # A VLM with `avgpool` at **V = 1** reads the mean of all patch features. We look at its answers on test
-# images of both families, from a small model trained here for `STEPS` steps (the committed grid keeps its
+# images of both families of cpu_mini's benchmark (every question there is about the image), from a small model
+# trained here for `STEPS` steps (the committed grid keeps its
 # table, not its checkpoints). **A smoke-trained model mostly answers from the
 # question alone** (the most common answer per question type), so read the pictures for the *kind* of
 # question, not for a score.
