@@ -97,8 +97,8 @@ class TaskOptions:
     fact_digits: int | None = None
     """The "fact" task with fact_key "name": digits in each name's answer (default 1)."""
     fact_shown: float | None = None
-    """The "fact" task with fact_key "name": share of images that show the name's answer (one OCR symbol) as the
-    red character of an OCR grid (default 0: the image plays no part)."""
+    """The "fact" task with fact_key "name": share of images that also show the name's answer (one OCR symbol) as
+    the red character of an OCR grid (default 0: the image plays no part; see results/pilot_cpu_law_r15)."""
 
 
 def _task_options(value) -> dict:

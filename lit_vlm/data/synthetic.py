@@ -138,12 +138,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # with one digit per name even the rarest names are seen often enough that the LLM's size, not the luck of
     # which rare facts a run happened to meet, decides how many it stores. fact_digits (name key only) makes
     # each name's answer that many digits ("what is KX?" -> "47"): more to store per name.
-    # fact_shown (name key only): the share of fact images that show the answer. The name's answer is then one
-    # symbol of the OCR alphabet, and the image is an OCR grid (ocr_cells' sizes) in which, with this
-    # probability, the answer is the one character drawn in red (otherwise no character is red). An LLM that
-    # stores the name needs no image; one that does not must read the red character, which more visual tokens
-    # do more often: the error is (names not stored, falling with N) x (hints not read, falling with V), the
-    # paper's multiplicative law, and the larger the LLM the less V matters.
+    # fact_shown (name key only): the share of fact images that also show the answer. The name's answer is then
+    # one symbol of the OCR alphabet, and the image is an OCR grid (ocr_cells' sizes) in which, with this
+    # probability, the answer is the one character drawn in red (otherwise no character is red): two routes to
+    # one answer, the LLM's memory and the image. Built to make the error a product of the two routes' misses
+    # (the paper's multiplicative law); measured, it is not (results/pilot_cpu_law_r15): where the image
+    # supplies the answer in training, the LLM stores fewer names.
     "fact_shown": 0.0,
     "fact_names": 256,
     "fact_zipf": 1.0,

@@ -41,9 +41,12 @@ def size_label(n_billion) -> str:
     """An LLM size as figures and fold names show it: 0.5B and 7B as the paper writes them, 8.27k or 295k for a
     CPU grid's (N in billions, as Results holds it)."""
     p = float(n_billion) * 1e9
-    unit, scale = next(((u, x) for u, x in (("B", 1e9), ("M", 1e6), ("k", 1e3)) if p >= (1e8 if u == "B" else x)),
-                       ("", 1.0))
-    return f"N={p / scale:.3g}{unit}"
+    if p >= 1e8:  # the paper's sizes, 0.5B to 14B
+        return f"N={p / 1e9:.3g}B"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if p >= scale:
+            return f"N={p / scale:.3g}{unit}"
+    return f"N={p:.3g}"
 
 
 @dataclass
