@@ -85,3 +85,12 @@ def test_a_size_without_a_reasoning_cell_at_the_smallest_v_is_one_line(tmp_path,
     assert main(["contrast", "--results", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [err.strip()] and "N=10000 lacks a reasoning cell" in err
+
+
+def test_the_papers_grid_is_contrasted_with_its_missing_ocr_cell_named():
+    checks = contrast_checks("paper")
+    ocr = checks[0].detail
+    assert len(ocr) == 4 and ocr[-1].startswith("N=7,000,000,000: V=144 ") and ocr[-1].endswith(
+        "(no V=576 cell: its largest V)")
+    assert all("no V=576" not in line for line in ocr[:-1])
+    assert checks[1].passed and checks[2].passed  # reasoning: V = 1 near the best V; the largest N beats the smallest
