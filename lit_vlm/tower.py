@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -261,7 +262,7 @@ def train_tower(
                                        batch_size=tower.batch_size, seed=seed, trainer_args=hardware,
                                        num_images=tower.num_images)
         log.info("stage 0 done in %.1fs; held-out per-patch accuracy: %s", time.perf_counter() - start,
-                 ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+                 ", ".join(f"{k} n/a (no such patches)" if math.isnan(v) else f"{k} {v:.3f}" for k, v in acc.items()))
         return state
     if tower.objective != "vqa":
         raise UserError(f"tower.objective={tower.objective!r} is not allowed; use one of {', '.join(OBJECTIVES)}")

@@ -208,3 +208,15 @@ def test_dense_stage0_caps_its_images(monkeypatch):
     data = {"num_train": 96_000, "num_val": 64, "task_options": GRID_OCR}
     stage0.train_dense_tower(replace(TINY_VISION, image_size=64), data, max_steps=1, lr=1e-3, batch_size=8, num_images=24)
     assert sizes[0] == ("train", 24)
+
+
+def test_stage0_log_says_n_a_for_a_target_no_image_has(monkeypatch, caplog):
+    import logging
+
+    import lit_vlm.tower as stage0
+
+    # a benchmark without scenes (e.g. every reasoning image an OCR grid) labels no object patch
+    monkeypatch.setattr(stage0, "train_dense_tower", lambda *a, **k: ({}, {"object": float("nan"), "char": 0.998}))
+    with caplog.at_level(logging.INFO, logger=stage0.log.name):
+        stage0.train_tower(stage0.TowerConfig(objective="dense"), TINY_VISION, {})
+    assert "held-out per-patch accuracy: object n/a (no such patches), char 0.998" in caplog.text
