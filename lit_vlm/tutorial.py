@@ -143,8 +143,8 @@ def grid_results(path: str = "", grid: str = GRID) -> Path:
 
 
 def task_options(grid: str = BENCHMARK) -> dict:
-    """The synthetic benchmark's options of the committed grid (easier than the generator's defaults, so that
-    small models start to learn within minutes)."""
+    """The synthetic benchmark's options of a committed grid: by default BENCHMARK's (easier than the generator's
+    defaults, so that small models start to learn within minutes); `task_options(GRID)` for the scaling grid's."""
     import yaml
 
     path = committed_file("config.yaml", grid)

@@ -363,8 +363,9 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
     elif task == "fact":
         names, p, digits = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])
         k = int(rng.choice(len(names), p=p))
-        n = int(rng.integers(1, m + 1))
-        if opts.get("fact_key", "count") == "color":  # every object one colour: the digit of (name, colour)
+        n = int(rng.integers(1, m + 1))  # drawn for every key (and unused by fact_shown): rows stay as they were
+        key = opts.get("fact_key", "count")
+        if key == "color":  # every object one colour: the digit of (name, colour)
             c = _pick(rng, colors)
             objs = [(_pick(rng, shapes), c) for _ in range(n)]
             q, a = f"what is {names[k]} of the color?", str(digits[k, colors.index(c)])
@@ -372,7 +373,7 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             a = opts["ocr_alphabet"][digits[k, 0] % len(opts["ocr_alphabet"])]
             task = "highlight" if rng.random() < opts["fact_shown"] else "read"
             return _ocr(rng, task, opts, size, record, answer=a)[0], f"what is {names[k]}?", a
-        elif opts.get("fact_key", "count") == "name":  # the image is any scene; the digit is the name's own
+        elif key == "name":  # the image is any scene; the digit is the name's own
             objs = [rand_obj() for _ in range(n)]
             q, a = f"what is {names[k]}?", "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
         else:
