@@ -418,6 +418,26 @@ def test_fact_task_shown_draws_the_names_symbol_as_the_one_red_character_in_the_
             synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_shown=0.5, **{**grid, **bad})
 
 
+def test_fact_hidden_scene_draws_shapes_where_the_answer_is_not_shown():
+    grid = dict(ocr_layout="grid", ocr_lines=2, ocr_length=[8, 8], ocr_cells={64: 0.5, 8: 0.5})
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=5, fact_zipf=0.0, fact_key="name",
+                                     fact_shown=0.5, fact_hidden="scene", **grid)
+    kinds = Counter()
+    for i in range(200):
+        record = []
+        row = synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts, record)
+        chars = [r for r in record if r[0] == "char"]
+        red = [r[1] for r in chars if r[4]]
+        # shown: an OCR grid whose one red character is the answer; hidden: shapes, no text at all
+        assert (red == [row["answer"]]) if chars else all(r[0] != "char" for r in record) and record
+        kinds["shown" if chars else "scene"] += 1
+    assert 0.38 <= kinds["shown"] / 200 <= 0.62
+    with pytest.raises(UserError, match=r"fact_hidden='blank': must be one of \['grid', 'scene'\]"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown=0.5, fact_hidden="blank", **grid)
+    with pytest.raises(UserError, match="other than 'grid' only with fact_shown above 0"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_hidden="scene")
+
+
 def test_fact_options_leave_other_benchmarks_resolved_as_before():
     # caches and towers are fingerprinted on the resolved options: a benchmark without the fact task must not change
     for options in ({}, {"reasoning_tasks": {"count": 1.0}}):

@@ -233,6 +233,9 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
         ({"model": {"optimzer": {"lr": 0.1}}}, [], ["model", "optimzer"]),  # a nested typo
         ({"trainer": {**TINY["trainer"], "max_stepz": 3}}, [], ["trainer", "max_stepz"]),
         ({"data": {**TINY["data"], "num_trian": 8}}, [], ["data", "num_trian"]),
+        ({"data": {**TINY["data"], "task_options": {"fact_hiden": "scene"}}}, [],  # not "Expected a NoneType"
+         ["data.task_options: Option 'fact_hiden' is not accepted; allowed:", "fact_hidden"]),
+        ({"llm_pretrain": {"max_step": 5}}, [], ["llm_pretrain", "max_step"]),
         ({"llms": {"xs": {"hiden_size": 16}}}, [], ["hiden_size"]),
         ({}, ["--model.optimizer.lr=abc"], ["model.optimizer.lr", "abc"]),
         ({}, ["--trainer.max_steps=-5"], ["max_steps", "-5"]),  # Lightning's own check, run before any file

@@ -144,14 +144,18 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # one answer, the LLM's memory and the image. Built to make the error a product of the two routes' misses
     # (the paper's multiplicative law); measured, it is not (results/pilot_cpu_law_r15): where the image
     # supplies the answer in training, the LLM stores fewer names.
+    # fact_hidden: what a fact image that does not show the answer is: "grid", the OCR grid with no red
+    # character (a reader cannot tell a tiny red character from none), or "scene", shapes and no text at all.
     "fact_shown": 0.0,
+    "fact_hidden": "grid",
     "fact_names": 256,
     "fact_zipf": 1.0,
     "fact_seed": 0,
     "fact_key": "count",
     "fact_digits": 1,
 }
-FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown")
+FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown", "fact_hidden")
+FACT_HIDDEN = ("grid", "scene")
 FACT_KEYS = ("count", "color", "name")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
@@ -237,9 +241,12 @@ def resolve_options(**options: Any) -> dict[str, Any]:
                 or (shown > 0 and (opts["fact_key"] != "name" or ndig != 1 or opts["ocr_layout"] == "free"))):
             raise UserError(f"fact_shown={shown!r}: must be a number in 0..1 (above 0 only with fact_key: name, "
                             "fact_digits: 1 and a grid ocr_layout)")
+        if opts["fact_hidden"] not in FACT_HIDDEN or (opts["fact_hidden"] != "grid" and not shown):
+            raise UserError(f"fact_hidden={opts['fact_hidden']!r}: must be one of {list(FACT_HIDDEN)} (other than "
+                            "'grid' only with fact_shown above 0)")
         facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
         # added later: listed only when set, so fingerprints made before stay valid
-        later = (("fact_key", "count"), ("fact_digits", 1), ("fact_shown", 0.0))
+        later = (("fact_key", "count"), ("fact_digits", 1), ("fact_shown", 0.0), ("fact_hidden", "grid"))
         facts.update({k: opts[k] for k, default in later if opts[k] != default})
     return {
         "colors": colors,
@@ -346,6 +353,28 @@ def fact_table(names: int, zipf: float, seed: int, max_count: int = 16) -> tuple
     return chosen, p / p.sum(), digits
 
 
+def name_answer(opts: dict, k: int) -> str:
+    """The answer to "what is <name k>?" (fact_key "name"): the name's fact_digits digits, or with fact_shown
+    its one symbol of the OCR alphabet (what the image draws in red)."""
+    digits = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])[2]
+    if opts.get("fact_shown"):
+        return opts["ocr_alphabet"][digits[k, 0] % len(opts["ocr_alphabet"])]
+    return "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
+
+
+def fact_questions(rng: np.random.Generator, n: int, **task_options) -> list[tuple[str, str]]:
+    """``n`` text-only "what is KX?" questions with their answers, the names drawn with the fact task's Zipf
+    probabilities: what an LLM can learn about the benchmark's names before it sees an image (the LLM
+    pretraining stage, lit_vlm/llm_pretrain.py). Only for fact_key "name", where the image is not needed."""
+    opts = resolve_options(**task_options)
+    if not opts["reasoning_tasks"].get("fact") or opts.get("fact_key") != "name":
+        raise UserError("LLM pretraining needs the fact task with fact_key: name in data.task_options "
+                        f"(reasoning_tasks={dict(opts['reasoning_tasks'])}, fact_key={opts.get('fact_key')!r})")
+    names, p, _ = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])
+    ks = rng.choice(len(names), size=n, p=p)
+    return [(f"what is {names[k]}?", name_answer(opts, int(k))) for k in ks]
+
+
 def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None) -> tuple[Image.Image, str, str]:
     colors, shapes, m = opts["colors"], opts["shapes"], opts["max_shapes"]
 
@@ -369,13 +398,14 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             c = _pick(rng, colors)
             objs = [(_pick(rng, shapes), c) for _ in range(n)]
             q, a = f"what is {names[k]} of the color?", str(digits[k, colors.index(c)])
-        elif opts.get("fact_shown"):  # the name's own symbol, shown in red in an OCR image, or no red at all
-            a = opts["ocr_alphabet"][digits[k, 0] % len(opts["ocr_alphabet"])]
-            task = "highlight" if rng.random() < opts["fact_shown"] else "read"
+        elif opts.get("fact_shown") and (opts.get("fact_hidden", "grid") == "grid" or rng.random() < opts["fact_shown"]):
+            # the name's own symbol, shown in red in an OCR image, or (hidden "grid") no red at all
+            a = name_answer(opts, k)
+            task = "highlight" if opts.get("fact_hidden", "grid") != "grid" or rng.random() < opts["fact_shown"] else "read"
             return _ocr(rng, task, opts, size, record, answer=a)[0], f"what is {names[k]}?", a
-        elif key == "name":  # the image is any scene; the digit is the name's own
+        elif key == "name":  # the image is any scene (with fact_shown: one that does not show the answer)
             objs = [rand_obj() for _ in range(n)]
-            q, a = f"what is {names[k]}?", "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
+            q, a = f"what is {names[k]}?", name_answer(opts, k)
         else:
             objs = [rand_obj() for _ in range(n)]
             q, a = f"what is {names[k]} of the shapes?", str(digits[k, n])

@@ -10,6 +10,7 @@ the config with each section complete and typed (every argument, defaults filled
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ import lightning as L
 from jsonargparse import ArgumentParser, Namespace
 
 from lit_vlm.errors import UserError
+from lit_vlm.llm_pretrain import PretrainConfig
 from lit_vlm.model.compressors import valid_visual_tokens
 from lit_vlm.model.vision import VisionConfig
 from lit_vlm.model.vlm import LLMConfig
@@ -100,6 +102,9 @@ class GridConfig:
     """lightning.Trainer arguments for each cell (max_steps, accelerator, precision, devices, strategy)."""
     tower: TowerConfig = field(default_factory=TowerConfig)
     """Stage 0: the shared vision tower."""
+    llm_pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Stage 1 (off by default): each LLM size first learns the benchmark's facts from text alone, and its cells
+    start from those weights (lit_vlm/llm_pretrain.py)."""
     feature_cache: bool = True
     """Compute the frozen tower's features once per image and reuse them in every cell."""
     eval_split: str = "test"
@@ -164,7 +169,13 @@ def one_line(err: Exception) -> str:
     keys = [m.group(1) for line in lines if (m := re.match(r'Parser key "([^"]+)"', line))]
     reasons = [line for line in lines if not line.startswith(("Parser key", "Does not validate", "Subtypes",
                                                                  "Errors", "Given value", "Problem with"))]
-    reason = next((r for r in reasons if r.startswith("Expected")), reasons[0] if reasons else lines[-1])
+    # a key a nested dataclass lacks (a typo in data.task_options) says so, not why the union's None failed
+    reason = next((r for r in reasons if re.match(r"Option '[^']+' is not accepted", r)), None) or \
+        next((r for r in reasons if r.startswith("Expected")), reasons[0] if reasons else lines[-1])
+    if keys == ["data.task_options"] and reason.startswith("Option"):
+        from lit_vlm.data.datamodule import TaskOptions
+
+        reason += f"; allowed: {', '.join(f.name for f in dataclasses.fields(TaskOptions))}"
     unknown = re.match(r"Group '(\w+)' does not accept option '([^']+)'", reason)
     if unknown and unknown.group(1) in ("model", "data", "trainer"):
         section, key = unknown.groups()
@@ -231,6 +242,8 @@ def validate(cfg: GridConfig) -> GridConfig:
         if pretrained:
             raise UserError(f"lr_width scales by the hidden size of LLMs built from a config; {pretrained[0]!r} is "
                             "pretrained: set lr_width: null and give the rate in model.optimizer")
+    if cfg.llm_pretrain.max_steps:
+        _check_pretrain(cfg)
     if cfg.eval_split not in ("validation", "test"):
         raise UserError(f"eval_split={cfg.eval_split!r} is not allowed; use 'validation' or 'test'")
     if cfg.num_threads is not None and cfg.num_threads < 1:
@@ -250,6 +263,25 @@ def validate(cfg: GridConfig) -> GridConfig:
                 f"valid: {', '.join(map(str, allowed))}"
             )
     return cfg
+
+
+def _check_pretrain(cfg: GridConfig) -> None:
+    """Stage 1 trains LLMs built from a config on the synthetic benchmark's name facts, and nothing else."""
+    import numpy as np
+
+    from lit_vlm.data.synthetic import fact_questions
+
+    stage = cfg.llm_pretrain
+    if stage.max_steps < 0 or stage.batch_size < 1 or stage.eval_questions < 1 or not stage.lr > 0:
+        raise UserError(f"llm_pretrain: max_steps={stage.max_steps}, batch_size={stage.batch_size}, lr={stage.lr}, "
+                        f"eval_questions={stage.eval_questions}: steps must be >= 0, the others positive")
+    pretrained = [name for name, llm in cfg.llms.items() if llm.pretrained]
+    if pretrained:
+        raise UserError(f"llm_pretrain trains LLMs built from a config; llms.{pretrained[0]} is already pretrained "
+                        "(llm.pretrained): set llm_pretrain.max_steps: 0")
+    if cfg.data["source"] != "synthetic":
+        raise UserError(f"llm_pretrain needs the synthetic benchmark's facts; data.source is {cfg.data['source']!r}")
+    fact_questions(np.random.default_rng(0), 1, **(cfg.data.get("task_options") or {}))  # its one-line refusal
 
 
 def check_trainer(cfg: GridConfig) -> None:

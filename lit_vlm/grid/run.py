@@ -1,4 +1,5 @@
-"""The grid loop: check everything, then stage 0, the feature cache and the cells that are not done yet.
+"""The grid loop: check everything, then stage 0 (the tower), stage 1 (the LLMs' pretraining, if set), the
+feature cache and the cells that are not done yet.
 
 Everything that can refuse a run (the config, ``only``, the table's columns, the tower checkpoint, the
 Trainer arguments, the data) is checked before the first file is written, so a refused run leaves no output
@@ -64,6 +65,19 @@ def load_or_train_tower(cfg: GridConfig) -> dict[str, torch.Tensor]:
     return stage0.load_or_train(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
 
 
+def pretrain_llms(cfg: GridConfig, cells: list[Cell]) -> None:
+    """Stage 1 for every LLM size these cells use whose pretrained weights are not saved yet (each saved
+    atomically as it finishes: an interrupted stage 1 resumes at the next size)."""
+    if not cfg.llm_pretrain.max_steps:
+        return
+    from lit_vlm.data.tokenizer import load_tokenizer
+    from lit_vlm.llm_pretrain import load_or_pretrain
+
+    tokenizer = load_tokenizer(cfg.model["tokenizer"])
+    for name in dict.fromkeys(c.llm for c in cells):
+        load_or_pretrain(name, cfg.llms[name], tokenizer, cfg.data.get("task_options") or {}, cfg.llm_pretrain)
+
+
 def _setup_data(cfg: GridConfig):
     """The grid's data, generated or read once (the cells read the same files)."""
     from lit_vlm.data.datamodule import VLMDataModule
@@ -109,6 +123,7 @@ def run_grid(cfg: GridConfig, force: bool = False, only: list[str] | None = None
             if tower_state is None:
                 tower_state = stage0.train_tower(cfg.tower, cfg.vision, cfg.data, **stage0_args(cfg))
                 tower_state = stage0.save_tower(tower_path, tower_state, cfg.vision, cfg.data)
+            pretrain_llms(cfg, todo)
 
             def make_store():
                 if dm is None:
