@@ -127,8 +127,9 @@ def pretrain_llm(llm_cfg: LLMConfig, tokenizer, task_options: dict, cfg: Pretrai
 def _fingerprint(llm_cfg: LLMConfig, task_options: dict, cfg: PretrainConfig) -> str:
     """What a pretrained LLM was made from: its architecture, the stage's settings and the benchmark's facts."""
     opts = synthetic.resolve_options(**task_options)
-    # what the text questions and answers depend on (not fact_hidden: what an image shows when not the answer)
-    facts = {k: opts.get(k) for k in (*synthetic.FACT_OPTIONS, "ocr_alphabet") if k != "fact_hidden"}
+    # what the text questions and answers depend on, not what the images show
+    facts = {k: opts.get(k) for k in (*synthetic.FACT_OPTIONS, "ocr_alphabet") if k not in ("fact_hidden", "fact_cells", "fact_split")}
+    facts["fact_shown"] = bool(facts["fact_shown"])  # a symbol answer or digits; how often it is shown is the image's
     stage = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_dir", "eval_questions")}
     return json.dumps({"llm": asdict(llm_cfg), "stage": stage, "facts": facts}, sort_keys=True, default=list)
 

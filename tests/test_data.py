@@ -438,6 +438,38 @@ def test_fact_hidden_scene_draws_shapes_where_the_answer_is_not_shown():
         synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_hidden="scene")
 
 
+def test_fact_cells_set_the_shown_answers_sizes_apart_from_the_ocr_family():
+    grid = dict(ocr_layout="grid", ocr_lines=2, ocr_length=[8, 8], ocr_cells={8: 1.0})
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=5, fact_key="name", fact_shown=1.0,
+                                     fact_cells={"64": 1}, **grid)  # a JSON key, as a YAML or CLI gives it
+    assert opts["fact_cells"] == {64: 1.0} and opts["ocr_cells"] == {8: 1.0}
+    for i in range(20):
+        fact, ocr = [], []
+        synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts, fact)
+        synthetic._draw("train", i, 0, 64, ("ocr",), 0, opts, ocr)
+        # a 64 px cell holds one character; the OCR family keeps its 8 px cells (8 per line, 2 lines)
+        assert len([r for r in fact if r[0] == "char"]) == 1 and len([r for r in ocr if r[0] == "char"]) == 16
+    with pytest.raises(UserError, match="fact_cells=.*only with fact_shown above 0"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_cells={64: 1}, **grid)
+    with pytest.raises(UserError, match="fact_cells: cell size 12 is not allowed"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown=0.5, fact_cells={12: 1}, **grid)
+
+
+def test_fact_split_asks_even_ranked_names_in_training_and_odd_ranked_ones_elsewhere():
+    options = dict(reasoning_tasks={"fact": 1.0}, fact_names=8, fact_zipf=0.5, fact_key="name")
+    split_opts = synthetic.resolve_options(**options, fact_split=True)
+    names = synthetic.fact_table(8, 0.5, 0)[0]
+    for split, parity in (("train", 0), ("validation", 1), ("test", 1)):
+        for i in range(40):
+            row = synthetic._draw(split, i, 0, 32, ("reasoning",), 0, split_opts)
+            plain = synthetic._draw(split, i, 0, 32, ("reasoning",), 0, synthetic.resolve_options(**options))
+            k, j = (names.index(r["question"].split()[2].rstrip("?")) for r in (row, plain))
+            assert k % 2 == parity and k // 2 == j // 2  # the same draw, moved to its pair's name of this split
+            assert row["answer"] == synthetic.name_answer(split_opts, k)
+    with pytest.raises(UserError, match="fact_split=True: must be true or false .true needs an even fact_names, not 7"):
+        synthetic.resolve_options(**{**options, "fact_names": 7}, fact_split=True)
+
+
 def test_fact_options_leave_other_benchmarks_resolved_as_before():
     # caches and towers are fingerprinted on the resolved options: a benchmark without the fact task must not change
     for options in ({}, {"reasoning_tasks": {"count": 1.0}}):

@@ -148,13 +148,21 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # character (a reader cannot tell a tiny red character from none), or "scene", shapes and no text at all.
     "fact_shown": 0.0,
     "fact_hidden": "grid",
+    # fact_split: the training split asks only the names of even frequency rank (0, 2, ...), validation and test
+    # only the odd ones (each the next rarer name): what the VLM stage learns about names cannot reach the names it
+    # is tested on, which only the LLM's own pretraining (llm_pretrain) taught it.
+    # fact_cells: the character sizes of the images that show the answer ({cell px: weight} as ocr_cells; None:
+    # ocr_cells'), so that how often V tokens can read it is set apart from the OCR family's sizes.
+    "fact_cells": None,
+    "fact_split": False,
     "fact_names": 256,
     "fact_zipf": 1.0,
     "fact_seed": 0,
     "fact_key": "count",
     "fact_digits": 1,
 }
-FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown", "fact_hidden")
+FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown", "fact_hidden",
+                "fact_cells", "fact_split")
 FACT_HIDDEN = ("grid", "scene")
 FACT_KEYS = ("count", "color", "name")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
@@ -204,16 +212,7 @@ def resolve_options(**options: Any) -> dict[str, Any]:
     cell = opts["ocr_cell"]
     if not isinstance(cell, int) or not 4 <= cell <= 32 or 64 // cell < length[1]:
         raise UserError(f"ocr_cell={cell!r}: must be an integer in 4..32 px with 64 // ocr_cell >= max ocr_length")
-    cells = opts["ocr_cells"]
-    if cells is not None:
-        if opts["ocr_layout"] == "free" or not isinstance(cells, dict) or not cells:
-            raise UserError(f"ocr_cells={cells!r}: must be a mapping {{cell px: weight}} and needs a grid ocr_layout")
-        cells = {int(c) if isinstance(c, str) and c.isdigit() else c: w for c, w in cells.items()}  # JSON keys
-        bad = [c for c in cells if not isinstance(c, int) or c not in (4, 8, 16, 32, 64)]
-        if bad:
-            raise UserError(f"ocr_cells: cell size {bad[0]!r} is not allowed; allowed: 4, 8, 16, 32, 64 (px at 64 px)")
-        cells = {int(c): w for c, w in sorted(_weights("ocr_cells", {str(c): w for c, w in cells.items()},
-                                                       tuple(str(c) for c in cells)).items(), key=lambda kv: int(kv[0]))}
+    cells = _cell_weights("ocr_cells", opts["ocr_cells"], opts["ocr_layout"])
     radius = tuple(opts["shape_radius"])
     if len(radius) != 2 or not all(isinstance(r, (int, float)) for r in radius) or not 0.1 <= radius[0] <= radius[1] <= 0.5:
         raise UserError(f"shape_radius={list(radius)}: must be [lo, hi] with 0.1 <= lo <= hi <= 0.5 (of a 16 px cell)")
@@ -244,10 +243,18 @@ def resolve_options(**options: Any) -> dict[str, Any]:
         if opts["fact_hidden"] not in FACT_HIDDEN or (opts["fact_hidden"] != "grid" and not shown):
             raise UserError(f"fact_hidden={opts['fact_hidden']!r}: must be one of {list(FACT_HIDDEN)} (other than "
                             "'grid' only with fact_shown above 0)")
+        if opts["fact_cells"] is not None and not shown:
+            raise UserError(f"fact_cells={opts['fact_cells']!r}: only with fact_shown above 0")
+        fact_cells = _cell_weights("fact_cells", opts["fact_cells"], opts["ocr_layout"])
+        if not isinstance(opts["fact_split"], bool) or (opts["fact_split"] and names % 2):
+            raise UserError(f"fact_split={opts['fact_split']!r}: must be true or false (true needs an even fact_names, "
+                            f"not {names})")
         facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
         # added later: listed only when set, so fingerprints made before stay valid
         later = (("fact_key", "count"), ("fact_digits", 1), ("fact_shown", 0.0), ("fact_hidden", "grid"))
         facts.update({k: opts[k] for k, default in later if opts[k] != default})
+        facts.update({"fact_cells": fact_cells} if fact_cells else {})
+        facts.update({"fact_split": True} if opts["fact_split"] else {})
     return {
         "colors": colors,
         "shapes": shapes,
@@ -265,6 +272,20 @@ def resolve_options(**options: Any) -> dict[str, Any]:
         # added after caches and towers were fingerprinted: listed only when set, so theirs stay valid
         **({"shape_radius": tuple(float(r) for r in radius)} if radius != DEFAULT_OPTIONS["shape_radius"] else {}),
     }
+
+
+def _cell_weights(name: str, cells: Any, layout: str) -> dict[int, float] | None:
+    """A {cell px: weight} option (ocr_cells, fact_cells) checked and normalised, sorted by size; None stays None."""
+    if cells is None:
+        return None
+    if layout == "free" or not isinstance(cells, dict) or not cells:
+        raise UserError(f"{name}={cells!r}: must be a mapping {{cell px: weight}} and needs a grid ocr_layout")
+    cells = {int(c) if isinstance(c, str) and c.isdigit() else c: w for c, w in cells.items()}  # JSON keys
+    bad = [c for c in cells if not isinstance(c, int) or c not in (4, 8, 16, 32, 64)]
+    if bad:
+        raise UserError(f"{name}: cell size {bad[0]!r} is not allowed; allowed: 4, 8, 16, 32, 64 (px at 64 px)")
+    return {int(c): w for c, w in sorted(_weights(name, {str(c): w for c, w in cells.items()},
+                                                  tuple(str(c) for c in cells)).items(), key=lambda kv: int(kv[0]))}
 
 
 def _weights(name: str, weights: Any, allowed: tuple[str, ...]) -> dict[str, float]:
@@ -375,7 +396,8 @@ def fact_questions(rng: np.random.Generator, n: int, **task_options) -> list[tup
     return [(f"what is {names[k]}?", name_answer(opts, int(k))) for k in ks]
 
 
-def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None) -> tuple[Image.Image, str, str]:
+def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None,
+               split: str = "train") -> tuple[Image.Image, str, str]:
     colors, shapes, m = opts["colors"], opts["shapes"], opts["max_shapes"]
 
     def rand_obj(bad_colors=(), bad_shape=None, bad_pair=None):
@@ -392,6 +414,8 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
     elif task == "fact":
         names, p, digits = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])
         k = int(rng.choice(len(names), p=p))
+        if opts.get("fact_split"):  # names ranked 2j are asked in training, 2j + 1 in the other splits
+            k += (split != "train") - k % 2
         n = int(rng.integers(1, m + 1))  # drawn for every key (and unused by fact_shown): rows stay as they were
         key = opts.get("fact_key", "count")
         if key == "color":  # every object one colour: the digit of (name, colour)
@@ -402,7 +426,8 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             # the name's own symbol, shown in red in an OCR image, or (hidden "grid") no red at all
             a = name_answer(opts, k)
             task = "highlight" if opts.get("fact_hidden", "grid") != "grid" or rng.random() < opts["fact_shown"] else "read"
-            return _ocr(rng, task, opts, size, record, answer=a)[0], f"what is {names[k]}?", a
+            sizes = {**opts, "ocr_cells": opts["fact_cells"]} if opts.get("fact_cells") else opts
+            return _ocr(rng, task, sizes, size, record, answer=a)[0], f"what is {names[k]}?", a
         elif key == "name":  # the image is any scene (with fact_shown: one that does not show the answer)
             objs = [rand_obj() for _ in range(n)]
             q, a = f"what is {names[k]}?", name_answer(opts, k)
@@ -557,7 +582,8 @@ def _draw(split: str, index: int, seed: int, image_size: int, families: tuple, a
     tasks = list(weights)
     task = tasks[int(rng.choice(len(tasks), p=list(weights.values())))]
     draw = _reasoning if family == "reasoning" else _ocr
-    image, question, answer = draw(rng, task, opts, image_size, record)
+    where = {"split": split} if draw is _reasoning else {}  # fact_split asks other names outside training
+    image, question, answer = draw(rng, task, opts, image_size, record, **where)
     return {"image": image, "question": question, "answer": answer, "family": family, "task": task}
 
 
