@@ -11,8 +11,8 @@ from them. A larger LLM stores more of the rare names, so its error is lower bef
     PretrainConfig: steps, batch, rate and where the weights live (GridConfig.llm_pretrain).
     pretrain_llm(): the training loop (AdamW, warmup then cosine, loss on the answer tokens only), returning
                     the LLM's state and its held-out accuracy.
-    load_or_pretrain(): the size's safetensors file if it matches (LLM, stage and benchmark), else trained and
-                        saved atomically.
+    load_or_pretrain(): the size's safetensors file, trained and saved atomically when missing, checked against
+                        the LLM, stage and benchmark, and loaded into a cell's LLM.
 """
 
 from __future__ import annotations
@@ -128,35 +128,37 @@ def _fingerprint(llm_cfg: LLMConfig, task_options: dict, cfg: PretrainConfig) ->
     """What a pretrained LLM was made from: its architecture, the stage's settings and the benchmark's facts."""
     opts = synthetic.resolve_options(**task_options)
     # what the text questions and answers depend on, not what the images show
-    facts = {k: opts.get(k) for k in (*synthetic.FACT_OPTIONS, "ocr_alphabet") if k not in ("fact_hidden", "fact_cells", "fact_split")}
+    images_only = ("fact_hidden", "fact_cells", "fact_split")
+    facts = {k: opts.get(k) for k in (*synthetic.FACT_OPTIONS, "ocr_alphabet") if k not in images_only}
     facts["fact_shown"] = bool(facts["fact_shown"])  # a symbol answer or digits; how often it is shown is the image's
     stage = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_dir", "eval_questions")}
     return json.dumps({"llm": asdict(llm_cfg), "stage": stage, "facts": facts}, sort_keys=True, default=list)
 
 
-def load_or_pretrain(name: str, llm_cfg: LLMConfig, tokenizer, task_options: dict, cfg: PretrainConfig) -> dict:
-    """The pretrained state dict of LLM size ``name``: read from checkpoint_dir if it was made from this very
-    LLM, stage and benchmark (refused in one line if not), else trained and saved atomically."""
+def load_or_pretrain(name: str, llm_cfg: LLMConfig, tokenizer, task_options: dict, cfg: PretrainConfig,
+                     llm: torch.nn.Module | None = None) -> Path:
+    """Stage 1 of LLM size ``name``: its file in checkpoint_dir, trained and saved atomically when missing, refused
+    in one line when it was made from another LLM, stage or benchmark; with ``llm``, its weights loaded into it
+    (a cell's own LLM: nothing else is built, so the cell's random state is untouched)."""
     path = Path(cfg.checkpoint_dir) / f"{name}.safetensors"
     wanted = _fingerprint(llm_cfg, task_options, cfg)
-    llm = llm_cfg.build(tokenizer)
-    if path.exists():
-        try:
-            with safe_open(str(path), "pt") as f:
-                saved = (f.metadata() or {}).get("pretrain")
-            load_model(llm, str(path))
-        except Exception as err:  # noqa: BLE001 - any decode or shape failure means "not this LLM's weights"
-            raise UserError(f"pretrained LLM {path} cannot be read for llms.{name} ({str(err).splitlines()[0]})") from None
-        if saved != wanted:
-            raise UserError(f"pretrained LLM {path} was made for another LLM, llm_pretrain or benchmark; delete it "
-                            "to retrain, or give llm_pretrain.checkpoint_dir its own folder")
-        return llm.state_dict()
-    start = time.perf_counter()
-    llm, acc = pretrain_llm(llm_cfg, tokenizer, task_options, cfg)
-    log.info("stage 1: %s pretrained in %.1fs (%d steps); held-out fact accuracy %.3f -> %s", name,
-             time.perf_counter() - start, cfg.max_steps, acc, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_model(llm, str(tmp), metadata={"pretrain": wanted, "fact_accuracy": f"{acc:.6f}"})
-    os.replace(tmp, path)
-    return llm.state_dict()
+    if not path.exists():
+        start = time.perf_counter()
+        trained, acc = pretrain_llm(llm_cfg, tokenizer, task_options, cfg)
+        log.info("stage 1: %s pretrained in %.1fs (%d steps); held-out fact accuracy %.3f -> %s", name,
+                 time.perf_counter() - start, cfg.max_steps, acc, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_model(trained, str(tmp), metadata={"pretrain": wanted, "fact_accuracy": f"{acc:.6f}"})
+        os.replace(tmp, path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            saved = (f.metadata() or {}).get("pretrain")
+        if saved == wanted and llm is not None:
+            load_model(llm, str(path))  # tied embeddings are saved once; load_model restores the tie
+    except Exception as err:  # noqa: BLE001 - any decode or shape failure means "not this LLM's weights"
+        raise UserError(f"pretrained LLM {path} cannot be read for llms.{name} ({str(err).splitlines()[0]})") from None
+    if saved != wanted:
+        raise UserError(f"pretrained LLM {path} was made for another LLM, llm_pretrain or benchmark; delete it "
+                        "to retrain, or give llm_pretrain.checkpoint_dir its own folder")
+    return path

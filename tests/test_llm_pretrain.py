@@ -46,22 +46,28 @@ def test_pretraining_stores_the_facts(tokenizer):
 
 def test_the_pretrained_llm_is_saved_once_and_refused_for_another_setup(tmp_path, tokenizer, monkeypatch):
     cfg = PretrainConfig(max_steps=5, checkpoint_dir=str(tmp_path / "llms"), eval_questions=50)
-    state = load_or_pretrain("xs", TINY_LLM, tokenizer, FACTS, cfg)
-    path = tmp_path / "llms" / "xs.safetensors"
-    assert path.is_file() and not list(path.parent.glob(".*tmp"))
+    trained = pretrain_llm(TINY_LLM, tokenizer, FACTS, cfg)[0].state_dict()  # what the stage makes, deterministically
+    path = load_or_pretrain("xs", TINY_LLM, tokenizer, FACTS, cfg)
+    assert path == tmp_path / "llms" / "xs.safetensors" and path.is_file() and not list(path.parent.glob(".*tmp"))
 
     def no_training(*args, **kwargs):
         raise AssertionError("a saved pretrained LLM was trained again")
 
     monkeypatch.setattr("lit_vlm.llm_pretrain.pretrain_llm", no_training)
-    again = load_or_pretrain("xs", TINY_LLM, tokenizer, FACTS, cfg)
-    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    llm = TINY_LLM.build(tokenizer)
+    assert load_or_pretrain("xs", TINY_LLM, tokenizer, FACTS, cfg, llm=llm) == path
+    again = llm.state_dict()
+    assert trained.keys() == again.keys() and all(torch.equal(trained[k], again[k]) for k in trained)
+    assert llm.get_input_embeddings().weight is llm.get_output_embeddings().weight  # still tied after loading
     for llm, options, stage in [(TINY_LLM, {**FACTS, "fact_seed": 1}, cfg),
                                 (TINY_LLM, FACTS, PretrainConfig(**{**cfg.__dict__, "max_steps": 6}))]:
         with pytest.raises(UserError, match="made for another LLM, llm_pretrain or benchmark"):
             load_or_pretrain("xs", llm, tokenizer, options, stage)
-    with pytest.raises(UserError, match="cannot be read for llms.xs"):
-        load_or_pretrain("xs", LLMConfig(hidden_size=32, num_layers=1, num_heads=2), tokenizer, FACTS, cfg)
+    wider = LLMConfig(hidden_size=32, num_layers=1, num_heads=2)
+    with pytest.raises(UserError, match="made for another LLM"):
+        load_or_pretrain("xs", wider, tokenizer, FACTS, cfg, llm=wider.build(tokenizer))
+    with pytest.raises(UserError, match="cannot be read for llms.xs"):  # this file, into an LLM of another shape
+        load_or_pretrain("xs", TINY_LLM, tokenizer, FACTS, cfg, llm=wider.build(tokenizer))
     path.write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="cannot be read"):
         load_or_pretrain("xs", TINY_LLM, tokenizer, FACTS, cfg)
@@ -80,9 +86,10 @@ def test_grid_cells_start_from_their_sizes_pretrained_llm(tmp_path):
     assert "stage 1: xs pretrained" in (tmp_path / "grid" / "grid.log").read_text()
     (checkpoint,) = {row["checkpoint"] for row in read_rows(tmp_path / "grid" / "results.csv")}  # one cell
     cell = torch.load(checkpoint, weights_only=True)["state_dict"]
-    saved = load_or_pretrain("xs", cfg.llms["xs"], load_tokenizer(), FACTS, cfg.llm_pretrain)
+    llm = cfg.llms["xs"].build(load_tokenizer())
+    load_or_pretrain("xs", cfg.llms["xs"], load_tokenizer(), FACTS, cfg.llm_pretrain, llm=llm)
     # no VLM step was taken: the cell's LLM is exactly stage 1's
-    assert all(torch.equal(cell[f"vlm.llm.{k}"], v) for k, v in saved.items())
+    assert all(torch.equal(cell[f"vlm.llm.{k}"], v) for k, v in llm.state_dict().items())
 
 
 @pytest.mark.parametrize("overrides, needle", [

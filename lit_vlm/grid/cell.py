@@ -102,8 +102,8 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
     if cfg.llm_pretrain.max_steps:  # stage 1's weights (run_grid made them before any cell)
         from lit_vlm.llm_pretrain import load_or_pretrain
 
-        module.vlm.llm.load_state_dict(load_or_pretrain(cell.llm, cfg.llms[cell.llm], module.processor.tokenizer,
-                                                        cfg.data.get("task_options") or {}, cfg.llm_pretrain))
+        load_or_pretrain(cell.llm, cfg.llms[cell.llm], module.processor.tokenizer, cfg.data.get("task_options") or {},
+                         cfg.llm_pretrain, llm=module.vlm.llm)
     dm = VLMDataModule(**cfg.data, processor=module.processor)
     trainer = cell_trainer(cfg, cell_dir)
     evaluate = trainer.test if cfg.eval_split == "test" else trainer.validate
