@@ -103,8 +103,8 @@ class TaskOptions:
     """The "fact" task with fact_shown: an image that does not show the answer is "grid" (an OCR grid with no red
     character, the default) or "scene" (shapes, no text: that the image does not help is plain to see)."""
     fact_cells: dict[int, float] | None = None
-    """The "fact" task with fact_shown: character sizes of the images that show the answer, {cell px: weight} as
-    ocr_cells (None: ocr_cells')."""
+    """The "fact" task with fact_shown: character sizes of its OCR images, {cell px: weight} as ocr_cells (None:
+    ocr_cells')."""
     fact_split: bool | None = None
     """The "fact" task: training asks only the names of even frequency rank, validation and test the odd ones
     (default false), so that what the VLM learns about names never reaches the tested ones."""

@@ -151,8 +151,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # fact_split: the training split asks only the names of even frequency rank (0, 2, ...), validation and test
     # only the odd ones (each the next rarer name): what the VLM stage learns about names cannot reach the names it
     # is tested on, which only the LLM's own pretraining (llm_pretrain) taught it.
-    # fact_cells: the character sizes of the images that show the answer ({cell px: weight} as ocr_cells; None:
-    # ocr_cells'), so that how often V tokens can read it is set apart from the OCR family's sizes.
+    # fact_cells: the character sizes of the fact task's OCR images ({cell px: weight} as ocr_cells; None:
+    # ocr_cells'), so that how often V tokens can read the answer is set apart from the OCR family's sizes.
     "fact_cells": None,
     "fact_split": False,
     "fact_names": 256,
@@ -418,17 +418,18 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             k += (split != "train") - k % 2
         n = int(rng.integers(1, m + 1))  # drawn for every key (and unused by fact_shown): rows stay as they were
         key = opts.get("fact_key", "count")
+        shown = bool(opts.get("fact_shown")) and rng.random() < opts["fact_shown"]  # drawn only with fact_shown
         if key == "color":  # every object one colour: the digit of (name, colour)
             c = _pick(rng, colors)
             objs = [(_pick(rng, shapes), c) for _ in range(n)]
             q, a = f"what is {names[k]} of the color?", str(digits[k, colors.index(c)])
-        elif opts.get("fact_shown") and (opts.get("fact_hidden", "grid") == "grid" or rng.random() < opts["fact_shown"]):
-            # the name's own symbol, shown in red in an OCR image, or (hidden "grid") no red at all
+        elif opts.get("fact_shown") and (shown or opts.get("fact_hidden", "grid") == "grid"):
+            # the name's own symbol: the one red character of an OCR image, or (fact_hidden "grid") no red at all
             a = name_answer(opts, k)
-            task = "highlight" if opts.get("fact_hidden", "grid") != "grid" or rng.random() < opts["fact_shown"] else "read"
             sizes = {**opts, "ocr_cells": opts["fact_cells"]} if opts.get("fact_cells") else opts
-            return _ocr(rng, task, sizes, size, record, answer=a)[0], f"what is {names[k]}?", a
-        elif key == "name":  # the image is any scene (with fact_shown: one that does not show the answer)
+            image = _ocr(rng, "highlight" if shown else "read", sizes, size, record, answer=a)[0]
+            return image, f"what is {names[k]}?", a
+        elif key == "name":  # any scene; with fact_shown, one that does not show the answer (fact_hidden "scene")
             objs = [rand_obj() for _ in range(n)]
             q, a = f"what is {names[k]}?", name_answer(opts, k)
         else:
