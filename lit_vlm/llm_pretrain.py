@@ -1,16 +1,18 @@
 """Stage 1 (optional): each LLM size learns what it knows from text alone, before it ever sees an image.
 
-The paper's LLMs come pretrained: what a 0.5B or a 7B model knows is fixed before the VLM is trained, and the
-number of visual tokens V cannot change it. Grid cells that train an LLM from scratch on image questions mix
+The paper's LLMs come pretrained: what a 0.5B or a 7B model knows comes mostly from text it read before the VLM
+was trained, whatever the number of visual tokens V. Grid cells that train an LLM from scratch on image questions mix
 the two: where the image can supply an answer in training, the LLM stores less (measured in
 results/pilot_cpu_law_r15). This stage gives every LLM size of a grid its own knowledge first: it trains the
 bare causal LM on the synthetic benchmark's "what is KX?" questions as text (the fact task, fact_key name),
 fresh Zipf-drawn rows every step, and saves the weights; every cell of that size, at every V and seed, starts
-from them. A larger LLM stores more of the rare names, so its error is lower before V enters.
+from them. A larger LLM stores more of the rare names, so its error is lower before V enters. Measured in
+results/pilot_cpu_law_r17: a VLM stage that trains the LLM rewrites much of what this stage stored (names the
+VLM stage never asks are forgotten), so the knowledge is the same for every V at the start, not at the end.
 
     PretrainConfig: steps, batch, rate and where the weights live (GridConfig.llm_pretrain).
     pretrain_llm(): the training loop (AdamW, warmup then cosine, loss on the answer tokens only), returning
-                    the LLM's state and its held-out accuracy.
+                    the trained LLM and its held-out accuracy.
     load_or_pretrain(): the size's safetensors file, trained and saved atomically when missing, checked against
                         the LLM, stage and benchmark, and loaded into a cell's LLM.
 """
