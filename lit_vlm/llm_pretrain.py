@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from lit_vlm.data import synthetic
-from lit_vlm.data.processor import IGNORE_INDEX
+from lit_vlm.data.processor import IGNORE_INDEX, _pad
 from lit_vlm.errors import UserError
 from lit_vlm.model.vlm import LLMConfig
 
@@ -73,13 +73,8 @@ def _encode(tokenizer, rows: list[tuple[str, str]], memo: dict) -> dict[str, tor
         s, lab = memo[q, a]
         seqs.append(s)
         labels.append(lab)
-    width = max(map(len, seqs))
-    ids = np.full((len(seqs), width), tokenizer.pad_token_id, dtype=np.int64)
-    lab = np.full((len(seqs), width), IGNORE_INDEX, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, (s, l) in enumerate(zip(seqs, labels)):
-        ids[i, : len(s)], lab[i, : len(l)], mask[i, : len(s)] = s, l, 1
-    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(lab), "attention_mask": torch.from_numpy(mask)}
+    return {"input_ids": _pad(seqs, tokenizer.pad_token_id), "labels": _pad(labels, IGNORE_INDEX),
+            "attention_mask": _pad([[1] * len(s) for s in seqs], 0)}  # as VLMProcessor.collate pads a batch
 
 
 @torch.no_grad()
@@ -106,7 +101,10 @@ def pretrain_llm(llm_cfg: LLMConfig, tokenizer, task_options: dict, cfg: Pretrai
     opt = torch.optim.AdamW(llm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.max_steps // 20)
 
-    def rate(step: int) -> float:  # warmup, then cosine to 10 % of the peak
+    # warmup, then cosine to 10 % of the peak. The kit's warmup_cosine_schedule (transformers') is the same curve
+    # one step later (its first step has rate 0); measured, switching moves stage 1's held-out accuracy by up to
+    # 2.4 points (round 17's widths), so this one stays while round 17's recorded figures are to reproduce.
+    def rate(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.max_steps - warmup)))
