@@ -84,7 +84,8 @@ def warmup_cosine_schedule(optimizer, total_steps: int, warmup_ratio: float = 0.
     """Linear warmup over ``warmup_ratio`` of the steps, then a cosine to ``min_lr_ratio`` of each group's peak.
 
     transformers' own schedule (the one LLaVA's training scripts use through the HF Trainer), stepped per
-    optimiser step. The only LR schedule in the kit: stage 0 of the grid can use it too.
+    optimiser step. The LR schedule of LitVLM and stage 0 (stage 1, lit_vlm/llm_pretrain.py, keeps its own, one
+    step earlier).
     """
     total = max(1, int(total_steps))
     return get_cosine_with_min_lr_schedule_with_warmup(
