@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from lit_vlm.data.synthetic import name_shown  # noqa: E402
 from lit_vlm.errors import UserError  # noqa: E402
 from lit_vlm.grid import load_config, validate  # noqa: E402
 
@@ -40,19 +41,21 @@ def tally(answers, digits: int | None = None) -> dict[str, dict]:
     return out
 
 
-def fact_bucket(question: str, names: list[str]) -> str:
-    """The "fact" task split by how common the asked name is: its frequency rank in bands of 4x (1-4, 5-16, ...)."""
+def fact_bucket(question: str, names: list[str], shown: float | None = None) -> str:
+    """The "fact" task split by how common the asked name is: its frequency rank in bands of 4x (1-4, 5-16, ...);
+    with ``shown`` (fact_shown of fact_shown_by "name"), also by whether the images show the name's answer."""
     rank, band = names.index(question.split()[2].rstrip("?")) + 1, 1  # "what is KX?" (fact_key name) too
     while rank > 4 ** band:
         band += 1
-    return f"fact{band} (names {4 ** (band - 1) + 1 if band > 1 else 1}-{min(4 ** band, len(names))})"
+    kind = "" if shown is None else ("shown " if name_shown(shown, rank - 1) else "hidden ")
+    return f"{kind}fact{band} (names {4 ** (band - 1) + 1 if band > 1 else 1}-{min(4 ** band, len(names))})"
 
 
-def task_accuracy(predictions, fact_names: list[str] | None = None) -> dict[str, dict]:
+def task_accuracy(predictions, fact_names: list[str] | None = None, shown: float | None = None) -> dict[str, dict]:
     """``tally`` of predict_step's rows (exact match of the stripped answer); with ``fact_names`` (most common
-    first) the fact task is split by how common the name is."""
+    first) the fact task is split by how common the name is (and with ``shown``, by shown and hidden names)."""
     def task(r):
-        return fact_bucket(r["question"], fact_names) if fact_names and r["task"] == "fact" else r["task"]
+        return fact_bucket(r["question"], fact_names, shown) if fact_names and r["task"] == "fact" else r["task"]
     return tally((r["family"], task(r), r["prediction"].strip() == r["answer"]) for batch in predictions for r in batch)
 
 
@@ -76,12 +79,13 @@ def main() -> int:
                             f"{', '.join(sorted(p.name for p in (Path(cfg.out_dir) / 'cells').glob('*'))) or 'none'}")
         opts = resolve_options(**(cfg.data.get("task_options") or {}))
         names = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])[0] if "fact_names" in opts else None
+        shown = opts["fact_shown"] if opts.get("fact_shown_by") == "name" else None
         lines = [f"`python {' '.join(sys.argv)}`", "", "| cell | family | per task |", "|---|---|---|"]
         for cell, ckpt in zip(args.cells, ckpts):
             module = LitVLM.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
             dm = VLMDataModule(**{**cfg.data, "num_test": args.num_test}, processor=module.processor)
             trainer = L.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
-            for family, result in task_accuracy(trainer.predict(module, dm), names).items():
+            for family, result in task_accuracy(trainer.predict(module, dm), names, shown).items():
                 text = ", ".join(f"{t} {a:.2f}" for t, a in result["tasks"].items())
                 print(f"{cell} {family}: {text}", flush=True)
                 lines.append(f"| {cell} | {family} | {text} |")

@@ -413,9 +413,48 @@ def test_fact_task_shown_draws_the_names_symbol_as_the_one_red_character_in_the_
         shown += bool(red)
     assert 0.65 <= shown / 200 <= 0.85  # about fact_shown of the images show it
     assert opts["fact_shown"] == 0.75 and "fact_shown" not in synthetic.resolve_options(reasoning_tasks={"fact": 1.0})
-    for bad in (dict(fact_key="count"), dict(fact_key="name", fact_digits=2), dict(fact_key="name", ocr_layout="free", ocr_lines=1, ocr_cells=None)):
+    for bad in (dict(fact_key="count"), dict(fact_key="name", ocr_layout="free", ocr_lines=1, ocr_cells=None)):
         with pytest.raises(UserError, match=r"fact_shown=0\.5: must be a number in 0\.\.1 \(above 0 only with fact_key: name"):
             synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_shown=0.5, **{**grid, **bad})
+
+
+def test_fact_shown_with_two_digits_shows_the_first_symbol_and_leaves_the_second_to_memory():
+    grid = dict(ocr_layout="grid", ocr_lines=2, ocr_length=[8, 8], ocr_cells={8: 1.0})
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=5, fact_zipf=0.0, fact_key="name",
+                                     fact_digits=2, fact_shown=1.0, fact_cells={32: 0.5, 16: 0.5}, **grid)
+    names, _, digits = synthetic.fact_table(5, 0.0, 0)
+    alphabet = opts["ocr_alphabet"]
+    for i in range(50):
+        record = []
+        row = synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts, record)
+        k = names.index(row["question"].split()[2].rstrip("?"))
+        # the image's symbol, then the digit the same name answers without fact_shown: only memory has it
+        assert row["answer"] == alphabet[digits[k, 0] % len(alphabet)] + str(digits[k, 1])
+        assert [r[1] for r in record if r[0] == "char" and r[4]] == [row["answer"][0]]
+        assert synthetic.name_answer(opts, k) == row["answer"]
+
+
+def test_fact_shown_by_name_shows_every_image_of_the_shown_names_and_none_of_the_others():
+    grid = dict(ocr_layout="grid", ocr_lines=2, ocr_length=[8, 8], ocr_cells={8: 1.0})
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=6, fact_zipf=0.0, fact_key="name",
+                                     fact_shown=0.5, fact_shown_by="name", fact_cells={32: 1.0}, **grid)
+    names, _, _ = synthetic.fact_table(6, 0.0, 0)
+    seen = Counter()
+    for i in range(120):
+        record = []
+        row = synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts, record)
+        k = names.index(row["question"].split()[2].rstrip("?"))
+        red = [r[1] for r in record if r[0] == "char" and r[4]]
+        assert red == ([row["answer"]] if k % 2 else [])  # ranks 1, 3, 5 always shown, 0, 2, 4 never
+        seen[k % 2] += 1
+    assert min(seen.values()) > 40  # both kinds drawn
+    assert [synthetic.name_shown(0.25, k) for k in range(8)] == [False, False, False, True] * 2
+    assert "fact_shown_by" not in synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name",
+                                                            fact_shown=0.5, **grid)  # the default is not listed
+    with pytest.raises(UserError, match=r"fact_shown_by='word': must be one of \['image', 'name'\]"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown=0.5, fact_shown_by="word", **grid)
+    with pytest.raises(UserError, match="fact_shown_by='name'.*only with fact_shown above 0"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown_by="name", **grid)
 
 
 def test_fact_hidden_scene_draws_shapes_where_the_answer_is_not_shown():

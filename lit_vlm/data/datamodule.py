@@ -99,6 +99,10 @@ class TaskOptions:
     fact_shown: float | None = None
     """The "fact" task with fact_key "name": share of images that also show the name's answer (one OCR symbol) as
     the red character of an OCR grid (default 0: the image plays no part; see results/pilot_cpu_law_r15)."""
+    fact_shown_by: str | None = None
+    """The "fact" task with fact_shown: "image" (each image shows the answer with that probability, the default)
+    or "name" (that share of the names, spread over the frequency ranks, shown in all their images, the rest in
+    none: what the LLM must store for the hidden names does not depend on V)."""
     fact_hidden: str | None = None
     """The "fact" task with fact_shown: an image that does not show the answer is "grid" (an OCR grid with no red
     character, the default) or "scene" (shapes, no text: that the image does not help is plain to see)."""

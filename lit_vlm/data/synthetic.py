@@ -147,6 +147,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # fact_hidden: what a fact image that does not show the answer is: "grid", the OCR grid with no red
     # character (a reader cannot tell a tiny red character from none), or "scene", shapes and no text at all.
     "fact_shown": 0.0,
+    # fact_shown_by: what the share is of. "image": each fact image shows the answer with probability fact_shown.
+    # "name": that share of the names (spread evenly over the frequency ranks) is shown in every one of its
+    # images, the others in none: a name the image can show is answered by reading where V allows it and from
+    # memory where it does not, and the hidden names need memory whatever V is, so what the LLM must store for
+    # them does not depend on V (results/pilot_cpu_law_r18).
+    "fact_shown_by": "image",
     "fact_hidden": "grid",
     # fact_split: the training split asks only the names of even frequency rank (0, 2, ...), validation and test
     # only the odd ones (each the next rarer name): what the VLM stage learns about names cannot reach the names it
@@ -161,9 +167,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "fact_key": "count",
     "fact_digits": 1,
 }
-FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown", "fact_hidden",
-                "fact_cells", "fact_split")
+FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown", "fact_shown_by",
+                "fact_hidden", "fact_cells", "fact_split")
 FACT_HIDDEN = ("grid", "scene")
+FACT_SHOWN_BY = ("image", "name")
 FACT_KEYS = ("count", "color", "name")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
@@ -237,9 +244,12 @@ def resolve_options(**options: Any) -> dict[str, Any]:
             raise UserError(f"fact_digits={ndig!r}: must be an integer in 1..8 (above 1 only with fact_key: name)")
         shown = opts["fact_shown"]
         if (not isinstance(shown, (int, float)) or not 0 <= shown <= 1
-                or (shown > 0 and (opts["fact_key"] != "name" or ndig != 1 or opts["ocr_layout"] == "free"))):
-            raise UserError(f"fact_shown={shown!r}: must be a number in 0..1 (above 0 only with fact_key: name, "
-                            "fact_digits: 1 and a grid ocr_layout)")
+                or (shown > 0 and (opts["fact_key"] != "name" or opts["ocr_layout"] == "free"))):
+            raise UserError(f"fact_shown={shown!r}: must be a number in 0..1 (above 0 only with fact_key: name "
+                            "and a grid ocr_layout)")
+        if opts["fact_shown_by"] not in FACT_SHOWN_BY or (opts["fact_shown_by"] != "image" and not shown):
+            raise UserError(f"fact_shown_by={opts['fact_shown_by']!r}: must be one of {list(FACT_SHOWN_BY)} (other "
+                            "than 'image' only with fact_shown above 0)")
         if opts["fact_hidden"] not in FACT_HIDDEN or (opts["fact_hidden"] != "grid" and not shown):
             raise UserError(f"fact_hidden={opts['fact_hidden']!r}: must be one of {list(FACT_HIDDEN)} (other than "
                             "'grid' only with fact_shown above 0)")
@@ -251,7 +261,8 @@ def resolve_options(**options: Any) -> dict[str, Any]:
                             f"not {names})")
         facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
         # added later: listed only when set, so fingerprints made before stay valid
-        later = (("fact_key", "count"), ("fact_digits", 1), ("fact_shown", 0.0), ("fact_hidden", "grid"))
+        later = (("fact_key", "count"), ("fact_digits", 1), ("fact_shown", 0.0), ("fact_shown_by", "image"),
+                 ("fact_hidden", "grid"))
         facts.update({k: opts[k] for k, default in later if opts[k] != default})
         facts.update({"fact_cells": fact_cells} if fact_cells else {})
         facts.update({"fact_split": True} if opts["fact_split"] else {})
@@ -378,9 +389,16 @@ def name_answer(opts: dict, k: int) -> str:
     """The answer to "what is <name k>?" (fact_key "name"): the name's fact_digits digits, or with fact_shown
     its one symbol of the OCR alphabet (what the image draws in red)."""
     digits = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])[2]
-    if opts.get("fact_shown"):
-        return opts["ocr_alphabet"][digits[k, 0] % len(opts["ocr_alphabet"])]
-    return "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
+    rest = "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
+    if opts.get("fact_shown"):  # the first symbol is the one the image can show; the other digits stay memory's
+        return opts["ocr_alphabet"][digits[k, 0] % len(opts["ocr_alphabet"])] + rest[1:]
+    return rest
+
+
+def name_shown(share: float, k: int) -> bool:
+    """Whether name k (0 = the most common) is one of fact_shown_by "name"'s shown names: every rank at which
+    the running count share * (k + 1) passes a whole number, so any run of ranks holds about that share."""
+    return int(share * (k + 1)) > int(share * k)
 
 
 def fact_questions(rng: np.random.Generator, n: int, **task_options) -> list[tuple[str, str]]:
@@ -419,6 +437,8 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
         n = int(rng.integers(1, m + 1))  # drawn for every key (and unused by fact_shown): rows stay as they were
         key = opts.get("fact_key", "count")
         shown = bool(opts.get("fact_shown")) and rng.random() < opts["fact_shown"]  # drawn only with fact_shown
+        if opts.get("fact_shown_by", "image") == "name":
+            shown = name_shown(opts["fact_shown"], k)
         if key == "color":  # every object one colour: the digit of (name, colour)
             c = _pick(rng, colors)
             objs = [(_pick(rng, shapes), c) for _ in range(n)]
@@ -427,7 +447,7 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             # the name's own symbol: the one red character of an OCR image, or (fact_hidden "grid") no red at all
             a = name_answer(opts, k)
             sizes = {**opts, "ocr_cells": opts["fact_cells"]} if opts.get("fact_cells") else opts
-            image = _ocr(rng, "highlight" if shown else "read", sizes, size, record, answer=a)[0]
+            image = _ocr(rng, "highlight" if shown else "read", sizes, size, record, answer=a[0])[0]
             return image, f"what is {names[k]}?", a
         elif key == "name":  # any scene; with fact_shown, one that does not show the answer (fact_hidden "scene")
             objs = [rand_obj() for _ in range(n)]
