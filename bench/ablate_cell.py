@@ -28,6 +28,17 @@ from lit_vlm.grid.config import trainer_kwargs  # noqa: E402
 from task_accuracy import task_accuracy  # noqa: E402 - bench/, next to this script
 
 
+def _json_object(flag: str, text: str) -> dict:
+    """A flag's JSON object, or one line naming the flag and its value (a shell's quoting is the usual culprit)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        sys.exit(f"error: {flag}={text!r} is not JSON ({err.msg}); give an object, e.g. '{{\"hidden_size\": 48}}'")
+    if not isinstance(value, dict):
+        sys.exit(f"error: {flag}={text!r} must be a JSON object, e.g. '{{\"hidden_size\": 48}}'")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/grid/cpu_mini.yaml")
@@ -47,11 +58,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     cfg = validate(load_config(args.config))
-    data = {**cfg.data, **json.loads(args.data)}
+    data = {**cfg.data, **_json_object("--data", args.data)}
     if args.llm_config:
         from lit_vlm.model.vlm import LLMConfig
 
-        cfg.llms[args.llm] = LLMConfig(**json.loads(args.llm_config))
+        cfg.llms[args.llm] = LLMConfig(**_json_object("--llm-config", args.llm_config))
     out = args.out_dir or cfg.out_dir
     cfg = replace(cfg, data=data, out_dir=out,
                   trainer={**cfg.trainer, "enable_progress_bar": False,
