@@ -22,20 +22,22 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_vlm.errors import UserError  # noqa: E402
 from lit_vlm.grid import Cell, build_store, cell_model_args, load_config, load_or_train_tower, validate  # noqa: E402
 from lit_vlm.grid.cache import attach  # noqa: E402
 from lit_vlm.grid.config import trainer_kwargs  # noqa: E402
 from task_accuracy import task_accuracy  # noqa: E402 - bench/, next to this script
 
 
-def _json_object(flag: str, text: str) -> dict:
-    """A flag's JSON object, or one line naming the flag and its value (a shell's quoting is the usual culprit)."""
+def _json_object(text: str) -> dict:
+    """argparse type of --data and --llm-config: a JSON object, else argparse's one-line usage error."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        sys.exit(f"error: {flag}={text!r} is not JSON ({err.msg}); give an object, e.g. '{{\"hidden_size\": 48}}'")
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err.msg}); give an object, e.g. "
+                                         "'{\"hidden_size\": 48}'") from None
     if not isinstance(value, dict):
-        sys.exit(f"error: {flag}={text!r} must be a JSON object, e.g. '{{\"hidden_size\": 48}}'")
+        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object, e.g. '{{\"hidden_size\": 48}}'")
     return value
 
 
@@ -43,14 +45,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/grid/cpu_mini.yaml")
     ap.add_argument("--llm", required=True, help="an LLM name of the config, or a new name with --llm-config")
-    ap.add_argument("--llm-config", default=None, help='JSON LLMConfig for --llm, e.g. \'{"hidden_size": 48}\'')
+    ap.add_argument("--llm-config", type=_json_object, default=None,
+                    help='JSON LLMConfig for --llm, e.g. \'{"hidden_size": 48}\'')
     ap.add_argument("--visual-tokens", type=int, required=True)
     ap.add_argument("--compressor", default="avgpool")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None,
                     help="model.optimizer.lr of this cell as given (default: the grid's, scaled by its lr_width)")
     ap.add_argument("--raw-features", action="store_true", help="no per-channel standardisation of the features")
-    ap.add_argument("--data", default="{}", help="JSON merged into the config's data section")
+    ap.add_argument("--data", type=_json_object, default={}, help="JSON merged into the config's data section")
     ap.add_argument("--out-dir", default=None, help="another out_dir (its own tower and cache)")
     ap.add_argument("--seed", type=int, default=None, help="the cell's seed (default: the config's first)")
     ap.add_argument("--threads", type=int, default=1)
@@ -58,11 +61,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     cfg = validate(load_config(args.config))
-    data = {**cfg.data, **_json_object("--data", args.data)}
+    data = {**cfg.data, **args.data}
     if args.llm_config:
         from lit_vlm.model.vlm import LLMConfig
 
-        cfg.llms[args.llm] = LLMConfig(**_json_object("--llm-config", args.llm_config))
+        try:
+            cfg.llms[args.llm] = LLMConfig(**args.llm_config)
+        except TypeError as err:  # an unknown key
+            raise UserError(f"--llm-config {args.llm_config}: {err}") from None
+    elif args.llm not in cfg.llms:
+        raise UserError(f"--llm {args.llm!r} is not an LLM of {args.config}; its LLMs: {', '.join(cfg.llms)} "
+                        "(or give --llm-config for a new one)")
     out = args.out_dir or cfg.out_dir
     cfg = replace(cfg, data=data, out_dir=out,
                   trainer={**cfg.trainer, "enable_progress_bar": False,
@@ -105,4 +114,8 @@ def main() -> None:
         print(f"  {fam}: {result['accuracy']:.3f}   ({tasks})")
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:  # a bad config, LLM name or data option: one line, as the kit's CLI says it
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -73,6 +73,17 @@ def test_the_pretrained_llm_is_saved_once_and_refused_for_another_setup(tmp_path
         load_or_pretrain("xs", TINY_LLM, tokenizer, FACTS, cfg)
 
 
+def test_options_that_change_only_the_images_leave_the_fingerprint_alone():
+    from lit_vlm.llm_pretrain import _fingerprint
+
+    cfg = PretrainConfig(max_steps=5)
+    base = _fingerprint(TINY_LLM, SHOWN, cfg)
+    for images_only in (dict(fact_shown=0.3), dict(fact_shown_by="name"), dict(fact_hidden="scene"),
+                        dict(fact_cells={32: 1.0}), dict(fact_split=True)):
+        assert _fingerprint(TINY_LLM, {**SHOWN, **images_only}, cfg) == base, images_only
+    assert _fingerprint(TINY_LLM, {**SHOWN, "fact_digits": 2}, cfg) != base  # the text answers change
+
+
 def test_grid_cells_start_from_their_sizes_pretrained_llm(tmp_path):
     from test_grid import TINY, load, read_rows, write_config
 

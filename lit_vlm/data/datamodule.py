@@ -97,8 +97,9 @@ class TaskOptions:
     fact_digits: int | None = None
     """The "fact" task with fact_key "name": digits in each name's answer (default 1)."""
     fact_shown: float | None = None
-    """The "fact" task with fact_key "name": share of images that also show the name's answer (one OCR symbol) as
-    the red character of an OCR grid (default 0: the image plays no part; see results/pilot_cpu_law_r15)."""
+    """The "fact" task with fact_key "name": share of images that also show the name's answer (its first symbol,
+    then one of the OCR alphabet) as the red character of an OCR grid (default 0: the image plays no part; see
+    results/pilot_cpu_law_r15)."""
     fact_shown_by: str | None = None
     """The "fact" task with fact_shown: "image" (each image shows the answer with that probability, the default)
     or "name" (that share of the names, spread over the frequency ranks, shown in all their images, the rest in

@@ -138,9 +138,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # with one digit per name even the rarest names are seen often enough that the LLM's size, not the luck of
     # which rare facts a run happened to meet, decides how many it stores. fact_digits (name key only) makes
     # each name's answer that many digits ("what is KX?" -> "47"): more to store per name.
-    # fact_shown (name key only): the share of fact images that also show the answer. The name's answer is then
-    # one symbol of the OCR alphabet, and the image is an OCR grid (ocr_cells' sizes) in which, with this
-    # probability, the answer is the one character drawn in red (otherwise no character is red): two routes to
+    # fact_shown (name key only): the share of fact images that also show the answer. The name's answer then
+    # starts with one symbol of the OCR alphabet (its other fact_digits - 1 digits follow, which only memory
+    # holds), and the image is an OCR grid (ocr_cells' sizes) in which, with this probability, that symbol is the
+    # one character drawn in red (otherwise no character is red): two routes to
     # one answer, the LLM's memory and the image. Built to make the error a product of the two routes' misses
     # (the paper's multiplicative law); measured, it is not (results/pilot_cpu_law_r15): where the image
     # supplies the answer in training, the LLM stores fewer names.
@@ -386,8 +387,8 @@ def fact_table(names: int, zipf: float, seed: int, max_count: int = 16) -> tuple
 
 
 def name_answer(opts: dict, k: int) -> str:
-    """The answer to "what is <name k>?" (fact_key "name"): the name's fact_digits digits, or with fact_shown
-    its one symbol of the OCR alphabet (what the image draws in red)."""
+    """The answer to "what is <name k>?" (fact_key "name"): the name's fact_digits digits; with fact_shown the
+    first of them is one symbol of the OCR alphabet instead (what the image draws in red)."""
     digits = fact_table(opts["fact_names"], opts["fact_zipf"], opts["fact_seed"])[2]
     rest = "".join(map(str, digits[k, :opts.get("fact_digits", 1)]))
     if opts.get("fact_shown"):  # the first symbol is the one the image can show; the other digits stay memory's
