@@ -130,6 +130,12 @@ def _family_metrics(family: str) -> MetricCollection:
     return MetricCollection(metrics, compute_groups=False)
 
 
+def check_projector_hidden(value) -> None:
+    """UserError unless ``value`` is None (the LLM's width) or a width >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"model.projector_hidden={value!r} is not allowed; give a width >= 1, or null for the LLM's width")
+
+
 class LitVLM(L.LightningModule):
     """A LLaVA-style VLM: vision tower -> compressor (V visual tokens) -> projector -> causal LM.
 
@@ -139,6 +145,9 @@ class LitVLM(L.LightningModule):
         compressor: Visual-token compressor: identity, avgpool, pixelshuffle, perceiver, tokenpacker, quecc.
         visual_tokens: V, the number of visual tokens the LLM reads per image (the paper's knob).
         compressor_options: Extra keyword options of the chosen compressor (e.g. depth, num_heads).
+        projector_hidden: Hidden width of the 2-layer projector (None: the LLM's width, as in LLaVA). A grid
+            gives every LLM the same width so that the vision side is the same for all sizes; a projector as
+            narrow as a tiny LLM leaves the LLM's own weights to decode the visual tokens (README, round 19).
         tokenizer: "synthetic" (built offline for the synthetic benchmark) or a tokenizer id/path.
         stage: "align" trains compressor + projector; "instruct" trains the LLM as well.
         optimizer: Learning rates, warmup and decay.
@@ -152,6 +161,7 @@ class LitVLM(L.LightningModule):
         compressor: str = "avgpool",
         visual_tokens: int = 16,
         compressor_options: CompressorOptions | None = None,
+        projector_hidden: int | None = None,
         tokenizer: str = "synthetic",
         stage: Literal["align", "instruct"] = "instruct",
         optimizer: OptimizerConfig | None = None,
@@ -161,6 +171,7 @@ class LitVLM(L.LightningModule):
         vision, llm, optimizer = _config(VisionConfig, vision), _config(LLMConfig, llm), _config(OptimizerConfig, optimizer)
         optimizer.validate()
         compressor_options = _compressor_options(compressor_options)
+        check_projector_hidden(projector_hidden)
         # Plain dicts, so a checkpoint's hparams load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -169,6 +180,7 @@ class LitVLM(L.LightningModule):
                 "compressor": compressor,
                 "visual_tokens": visual_tokens,
                 "compressor_options": compressor_options,
+                "projector_hidden": projector_hidden,
                 "tokenizer": tokenizer,
                 "stage": stage,
                 "optimizer": asdict(optimizer),
@@ -183,7 +195,7 @@ class LitVLM(L.LightningModule):
         # processor=, linked by the CLI), never rebuilt elsewhere.
         tok = load_tokenizer(tokenizer, trust_remote_code=llm.trust_remote_code)
         tower_config = replace(vision, weights=None) if _RESTORING.get() else vision
-        self.vlm = VLM(tower_config, llm, compressor, visual_tokens, tok, compressor_options)
+        self.vlm = VLM(tower_config, llm, compressor, visual_tokens, tok, compressor_options, projector_hidden)
         tower = self.vlm.vision_tower
         self.processor = VLMProcessor(
             tok, image_size=tower.image_size, image_mean=tower.image_mean, image_std=tower.image_std,

@@ -178,6 +178,7 @@ def test_disk_full_leaves_the_table_valid(tmp_path, monkeypatch):
         ({"llms": {}}, "llms is empty"),
         ({"visual_tokens": []}, "visual_tokens is empty"),
         ({"visual_tokens": [9]}, "visual_tokens=9 fits no compressor"),
+        ({"model": {**TINY["model"], "projector_hidden": 0}}, "model.projector_hidden=0 is not allowed"),
     ],
 )
 def test_bad_grid_configs(tmp_path, overrides, needle):

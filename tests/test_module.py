@@ -224,3 +224,22 @@ def test_lr_schedule_is_warmup_then_cosine_to_the_floor():
         sched.step()
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.2 + 0.8 * 0.5, abs=1e-6) and lrs[-1] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_projector_hidden_sets_the_projector_width_and_the_llm_width_is_the_default():
+    default = tiny_module().vlm
+    llm_width = default.llm.get_input_embeddings().embedding_dim
+    assert default.projector[0].out_features == llm_width  # LLaVA's projector: as wide as the LLM
+    wide = tiny_module(projector_hidden=40)
+    assert wide.hparams["projector_hidden"] == 40  # kept for a checkpoint's rebuild
+    first, last = wide.vlm.projector[0], wide.vlm.projector[2]
+    assert (first.in_features, first.out_features) == (default.projector[0].in_features, 40)
+    assert (last.in_features, last.out_features) == (40, llm_width)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_bad_projector_hidden_is_refused_in_one_line(value):
+    from lit_vlm.errors import UserError
+
+    with pytest.raises(UserError, match=rf"model.projector_hidden={value!r} is not allowed"):
+        tiny_module(projector_hidden=value)

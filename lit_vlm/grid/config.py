@@ -213,9 +213,11 @@ def validate(cfg: GridConfig) -> GridConfig:
     """Every mistake we can see before training anything, reported in one line; returns the config with its
     model, data and trainer sections complete and typed."""
     from lit_vlm.data.datamodule import VLMDataModule
+    from lit_vlm.module import check_projector_hidden
 
     model, data, trainer = check_sections(cfg.model, cfg.data, cfg.trainer)
     cfg = replace(cfg, model=model, data=data, trainer=trainer)
+    check_projector_hidden(model.get("projector_hidden"))  # a type check passes 0; a cell would fail on it
     VLMDataModule(**data)  # the data's own checks (source, families, batch sizes); reads nothing
     if not cfg.llms:
         raise UserError("llms is empty; give at least one LLM size, e.g. llms: {xs: {hidden_size: 32}}")

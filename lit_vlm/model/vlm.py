@@ -219,7 +219,7 @@ class VLM(nn.Module):
     """vision_tower -> compressor -> projector -> llm, with splicing, loss and greedy generation."""
 
     def __init__(self, vision: VisionConfig, llm: LLMConfig, compressor: str, visual_tokens: int, tokenizer,
-                 compressor_options: dict | None = None):
+                 compressor_options: dict | None = None, projector_hidden: int | None = None):
         super().__init__()
         self.vision_config, self.llm_config = vision, llm
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -245,9 +245,10 @@ class VLM(nn.Module):
             query_dim=hidden,
             **(compressor_options or {}),
         )
-        self.projector = nn.Sequential(
-            nn.Linear(self.compressor.out_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden)
-        )
+        # LLaVA's projector is as wide as the LLM; projector_hidden gives every LLM of a grid the same one
+        # (only its last layer depends on the LLM), so the vision side does not grow with N
+        mid = projector_hidden or hidden
+        self.projector = nn.Sequential(nn.Linear(self.compressor.out_dim, mid), nn.GELU(), nn.Linear(mid, hidden))
 
     # --- images -> visual embeddings -----------------------------------------------------------------------
     def tower_pixels(self) -> int:
