@@ -146,8 +146,8 @@ class LitVLM(L.LightningModule):
         visual_tokens: V, the number of visual tokens the LLM reads per image (the paper's knob).
         compressor_options: Extra keyword options of the chosen compressor (e.g. depth, num_heads).
         projector_hidden: Hidden width of the 2-layer projector (None: the LLM's width, as in LLaVA). A grid
-            gives every LLM the same width so that the vision side is the same for all sizes; a projector as
-            narrow as a tiny LLM leaves the LLM's own weights to decode the visual tokens (README, round 19).
+            can give every LLM the same width, so that only the projector's last layer changes with N (README,
+            round 19, tried 384 on the CPU grid: it did not change what V = 16 costs the LLM).
         tokenizer: "synthetic" (built offline for the synthetic benchmark) or a tokenizer id/path.
         stage: "align" trains compressor + projector; "instruct" trains the LLM as well.
         optimizer: Learning rates, warmup and decay.
