@@ -37,29 +37,23 @@ def repeated_mean(self, features, query):
 
 
 def biased_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """transformers' eager attention with -log V added to the scores of the visual key positions."""
-    from transformers.models.llama.modeling_llama import repeat_kv
+    """transformers' eager attention, its additive mask plus the bias on the visual key positions."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
     visual = _VISUAL["keys"]  # [B, L0]: the prompt's positions; generated tokens (the cache grows) are text
-    visual = F.pad(visual, (0, key.shape[-2] - visual.shape[1]), value=False)
+    visual = F.pad(visual, (0, key.shape[-2] - visual.shape[1]), value=False)[:, None, None, :]
     bias = getattr(module, "visual_bias", None)  # [heads] with --learned-bias, else the fixed -log V
     bias = bias[None, :, None, None] if bias is not None else -_VISUAL["log_v"]
-    scores = scores + bias * visual[:, None, None, :].to(scores.dtype)
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+    mask = bias * visual.to(query.dtype) + (0 if attention_mask is None else attention_mask)
+    return eager_attention_forward(module, query, key, value, mask, scaling, dropout, **kwargs)
 
 
 def install_bias(learned: bool = False) -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     AttentionInterface.register("visual_bias", biased_attention)
-    AttentionMaskInterface.register("visual_bias", ALL_MASK_ATTENTION_FUNCTIONS.get("eager", eager_mask))
+    AttentionMaskInterface.register("visual_bias", eager_mask)  # the additive float mask the bias joins
     init, splice = vlm_module.VLM.__init__, vlm_module.VLM.splice
 
     def patched_init(self, *args, **kwargs):
