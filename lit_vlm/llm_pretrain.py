@@ -128,7 +128,7 @@ def _fingerprint(llm_cfg: LLMConfig, task_options: dict, cfg: PretrainConfig) ->
     """What a pretrained LLM was made from: its architecture, the stage's settings and the benchmark's facts."""
     opts = synthetic.resolve_options(**task_options)
     # what the text questions and answers depend on, not what the images show
-    images_only = ("fact_shown_by", "fact_hidden", "fact_cells", "fact_split")
+    images_only = ("fact_shown_by", "fact_hidden", "fact_cells", "fact_cells_by", "fact_split")
     facts = {k: opts.get(k) for k in (*synthetic.FACT_OPTIONS, "ocr_alphabet") if k not in images_only}
     facts["fact_shown"] = bool(facts["fact_shown"])  # a symbol answer or digits; how often it is shown is the image's
     stage = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_dir", "eval_questions")}

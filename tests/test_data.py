@@ -494,6 +494,39 @@ def test_fact_cells_set_the_shown_answers_sizes_apart_from_the_ocr_family():
         synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown=0.5, fact_cells={12: 1}, **grid)
 
 
+def test_fact_cells_by_name_draws_each_shown_name_at_one_size_spread_over_the_ranks():
+    grid = dict(ocr_layout="grid", ocr_lines=2, ocr_length=[8, 8], ocr_cells={8: 1.0})
+    opts = synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_names=12, fact_zipf=0.0, fact_key="name",
+                                     fact_shown=0.5, fact_shown_by="name", fact_cells={32: 1, 16: 1, 8: 1},
+                                     fact_cells_by="name", **grid)
+    names, _, _ = synthetic.fact_table(12, 0.0, 0)
+    sizes = {}
+    for i in range(300):
+        record = []
+        row = synthetic._draw("train", i, 0, 64, ("reasoning",), 0, opts, record)
+        k = names.index(row["question"].split()[2].rstrip("?"))
+        red = [r for r in record if r[0] == "char" and r[4]]
+        if k % 2:  # shown: the red character's half-width (r[5]) is the name's one size, every time
+            assert len(red) == 1 and sizes.setdefault(k, red[0][5]) == red[0][5]
+        else:
+            assert not red
+    assert sorted(sizes) == [1, 3, 5, 7, 9, 11]
+    # the 6 shown names take the 3 sizes in turn, smallest first: their drawn half-widths follow that order
+    cells = [synthetic.name_cell(opts["fact_cells"], 0.5, k) for k in sorted(sizes)]
+    assert cells == [8, 16, 32] * 2
+    half = [sizes[k] for k in sorted(sizes)]
+    assert half[:3] == half[3:] and half[0] < half[1] < half[2]
+    assert Counter(synthetic.name_cell({32: 3, 8: 1}, 1.0, k) for k in range(40)) == {32: 30, 8: 10}
+    assert "fact_cells_by" not in synthetic.resolve_options(  # the default is not listed: fingerprints stay valid
+        reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown=0.5, fact_cells={32: 1}, **grid)
+    with pytest.raises(UserError, match=r"fact_cells_by='word': must be one of \['image', 'name'\]"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown=0.5, fact_shown_by="name",
+                                  fact_cells={32: 1}, fact_cells_by="word", **grid)
+    with pytest.raises(UserError, match="fact_cells_by='name'.*only with fact_shown_by: name and fact_cells set"):
+        synthetic.resolve_options(reasoning_tasks={"fact": 1.0}, fact_key="name", fact_shown=0.5, fact_cells={32: 1},
+                                  fact_cells_by="name", **grid)
+
+
 def test_fact_split_asks_even_ranked_names_in_training_and_odd_ranked_ones_elsewhere():
     options = dict(reasoning_tasks={"fact": 1.0}, fact_names=8, fact_zipf=0.5, fact_key="name")
     split_opts = synthetic.resolve_options(**options, fact_split=True)

@@ -110,6 +110,9 @@ class TaskOptions:
     fact_cells: dict[int, float] | None = None
     """The "fact" task with fact_shown: character sizes of its OCR images, {cell px: weight} as ocr_cells (None:
     ocr_cells')."""
+    fact_cells_by: str | None = None
+    """The "fact" task with fact_shown_by "name" and fact_cells: "image" (each image draws its size, the default) or
+    "name" (each shown name one size for all its images, so a name is readable at a V or not)."""
     fact_split: bool | None = None
     """The "fact" task: training asks only the names of even frequency rank, validation and test the odd ones
     (default false), so that what the VLM learns about names never reaches the tested ones."""

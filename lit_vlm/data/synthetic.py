@@ -161,6 +161,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # fact_cells: the character sizes of the fact task's OCR images ({cell px: weight} as ocr_cells; None:
     # ocr_cells'), so that how often V tokens can read the answer is set apart from the OCR family's sizes.
     "fact_cells": None,
+    # fact_cells_by (with fact_shown_by "name"): "image" draws each image's character size from fact_cells;
+    # "name" gives each shown name one size for all its images (fact_cells' weights spread evenly over the
+    # frequency ranks), so a name is either readable at a V or not: at V = 1 the LLM must store every name, and
+    # each step up in V lets it read a fixed share of the shown ones (results/pilot_cpu_law_r22).
+    "fact_cells_by": "image",
     "fact_split": False,
     "fact_names": 256,
     "fact_zipf": 1.0,
@@ -169,9 +174,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "fact_digits": 1,
 }
 FACT_OPTIONS = ("fact_names", "fact_zipf", "fact_seed", "fact_key", "fact_digits", "fact_shown", "fact_shown_by",
-                "fact_hidden", "fact_cells", "fact_split")
+                "fact_hidden", "fact_cells", "fact_cells_by", "fact_split")
 FACT_HIDDEN = ("grid", "scene")
 FACT_SHOWN_BY = ("image", "name")
+FACT_CELLS_BY = ("image", "name")
 FACT_KEYS = ("count", "color", "name")
 OCR_LAYOUTS = ("free", "grid", "grid_left")
 
@@ -257,13 +263,17 @@ def resolve_options(**options: Any) -> dict[str, Any]:
         if opts["fact_cells"] is not None and not shown:
             raise UserError(f"fact_cells={opts['fact_cells']!r}: only with fact_shown above 0")
         fact_cells = _cell_weights("fact_cells", opts["fact_cells"], opts["ocr_layout"])
+        if opts["fact_cells_by"] not in FACT_CELLS_BY or (opts["fact_cells_by"] != "image" and (
+                opts["fact_shown_by"] != "name" or not fact_cells)):
+            raise UserError(f"fact_cells_by={opts['fact_cells_by']!r}: must be one of {list(FACT_CELLS_BY)} (other "
+                            "than 'image' only with fact_shown_by: name and fact_cells set)")
         if not isinstance(opts["fact_split"], bool) or (opts["fact_split"] and names % 2):
             raise UserError(f"fact_split={opts['fact_split']!r}: must be true or false (true needs an even fact_names, "
                             f"not {names})")
         facts = {"fact_names": names, "fact_zipf": float(zipf), "fact_seed": fact_seed}
         # added later: listed only when set, so fingerprints made before stay valid
         later = (("fact_key", "count"), ("fact_digits", 1), ("fact_shown", 0.0), ("fact_shown_by", "image"),
-                 ("fact_hidden", "grid"))
+                 ("fact_hidden", "grid"), ("fact_cells_by", "image"))
         facts.update({k: opts[k] for k, default in later if opts[k] != default})
         facts.update({"fact_cells": fact_cells} if fact_cells else {})
         facts.update({"fact_split": True} if opts["fact_split"] else {})
@@ -402,6 +412,24 @@ def name_shown(share: float, k: int) -> bool:
     return int(share * (k + 1)) > int(share * k)
 
 
+def name_cell(cells: dict[int, float], share: float, k: int) -> int:
+    """Shown name k's one character size (fact_cells_by "name"): the j-th shown name (j = int(share * k)) takes the
+    j-th size of a smooth weighted round robin over fact_cells, so every run of ranks holds each size in its
+    weight's share, to within one name (equal weights: the sizes in turn, smallest first)."""
+    return _cell_order(tuple(cells.items()))[int(share * k)]
+
+
+@lru_cache(maxsize=8)
+def _cell_order(cells: tuple[tuple[int, float], ...]) -> tuple[int, ...]:
+    credit, order = [0.0] * len(cells), []
+    for _ in range(len(FACT_LETTERS) ** 2):  # one size per possible name
+        credit = [c + w for c, (_, w) in zip(credit, cells)]
+        best = max(range(len(cells)), key=lambda i: credit[i] - 1e-9 * i)  # the first on a tie
+        credit[best] -= sum(w for _, w in cells)
+        order.append(cells[best][0])
+    return tuple(order)
+
+
 def fact_questions(rng: np.random.Generator, n: int, **task_options) -> list[tuple[str, str]]:
     """``n`` text-only "what is KX?" questions with their answers, the names drawn with the fact task's Zipf
     probabilities: what an LLM can learn about the benchmark's names before it sees an image (the LLM
@@ -448,6 +476,8 @@ def _reasoning(rng, task: str, opts: dict, size: int, record: list | None = None
             # the name's own symbol: the one red character of an OCR image, or (fact_hidden "grid") no red at all
             a = name_answer(opts, k)
             sizes = {**opts, "ocr_cells": opts["fact_cells"]} if opts.get("fact_cells") else opts
+            if shown and opts.get("fact_cells_by", "image") == "name":  # this name's one size
+                sizes = {**opts, "ocr_cells": {name_cell(opts["fact_cells"], opts["fact_shown"], k): 1.0}}
             image = _ocr(rng, "highlight" if shown else "read", sizes, size, record, answer=a[0])[0]
             return image, f"what is {names[k]}?", a
         elif key == "name":  # any scene; with fact_shown, one that does not show the answer (fact_hidden "scene")
