@@ -358,6 +358,18 @@ def test_cpu_threads_are_split_between_workers(tmp_path):
     assert launch.threads_per_worker(replace(cfg, launch=replace(cfg.launch, launcher="none"))) == 4
 
 
+def test_parallel_workers_take_the_costliest_cells_first(tmp_path):
+    llms = {"s": {"hidden_size": 16, "num_layers": 2}, "l": {"hidden_size": 64, "num_layers": 2}}
+    cfg = load_config(str(write_config(tmp_path, llms=llms, visual_tokens=[1, 64], seeds=[0, 1])),
+                      "--launcher", "local", "--workers", "2")
+    order = [c.id for c in launch.longest_first(cfg, cells_of(cfg))]
+    # width 64 at V = 64 first, width 16 at V = 1 last; the seeds of a cell stay together, in grid order
+    assert [i.rsplit("-", 2)[0] for i in order[::2]] == ["l-V64", "l-V1", "s-V64", "s-V1"]
+    assert order[:2] == ["l-V64-avgpool-s0", "l-V64-avgpool-s1"]
+    hub = replace(cfg, llms={**cfg.llms, "l": replace(cfg.llms["l"], pretrained="org/model")})  # size unknown: 1
+    assert [c.id for c in launch.longest_first(hub, cells_of(hub))][:4:2] == ["s-V64-avgpool-s0", "s-V1-avgpool-s0"]
+
+
 def test_last_error_line_is_the_workers_exception():
     import submitit
 

@@ -199,6 +199,20 @@ class Progress:
         self.bar.close()
 
 
+def longest_first(cfg: GridConfig, todo: list[Cell]) -> list[Cell]:
+    """``todo`` with the costliest cells first, so that K workers taking cells in turn end together (the
+    longest-processing-time rule) instead of one worker running the grid's largest cell alone at the end.
+    A cell's cost is taken as layers x width^2 x (V + 16): the LLM's work per sequence of V visual and about 16
+    text tokens; a pretrained LLM (its size not in the config) counts as 1, so V alone orders it. Ties keep grid
+    order."""
+    def cost(cell: Cell) -> float:
+        spec = cfg.llms[cell.llm]
+        size = 1 if spec.pretrained else spec.num_layers * spec.hidden_size ** 2
+        return size * (cell.visual_tokens + 16)
+
+    return sorted(todo, key=cost, reverse=True)
+
+
 def _folder(store) -> str | None:
     return str(store.folder) if store is not None else None
 
@@ -208,6 +222,8 @@ def run_cells(cfg: GridConfig, todo: list[Cell], total: int, make_store: Callabl
     """Run ``todo`` through the configured launcher and wait; raises CellsFailed if any cell failed.
     ``make_store`` builds (or loads) the feature cache; it is called once, when the launcher needs it."""
     progress = Progress(total=total, done_before=total - len(todo), todo=len(todo))
+    if cfg.launch.launcher != "slurm" and cfg.launch.workers > 1:
+        todo = longest_first(cfg, todo)
     try:
         if cfg.launch.launcher == "slurm":
             failures = _run_array(cfg, todo, _folder(make_store()), progress)
