@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="runs of each path, interleaved")
     ap.add_argument("--num-train", type=int, default=None,
                     help="training rows; default: as many as give a run the epochs of the config's cell "
-                         "(cpu_mini: 12, so rows repeat; cpu_law: 1)")
+                         "(cpu_mini: 12, so rows repeat; cpu_law: about 2)")
     ap.add_argument("--out", default="bench/results/step_overhead", help="writes OUT.json and OUT.md")
     args = ap.parse_args()
     for name in ("steps", "reps", "num_train"):

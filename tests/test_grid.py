@@ -420,7 +420,7 @@ COMMITTED_GRIDS = {
 }
 
 
-@pytest.mark.slow  # data, feature store and one full cell per grid: cpu_law's 6,000-step cell alone is ~5 minutes
+@pytest.mark.slow  # data, feature store and one full cell per grid (cpu_law: 58,200 rows to draw, a 2,750-step cell)
 @pytest.mark.parametrize("grid", list(COMMITTED_GRIDS))
 def test_one_committed_cell_reproduces_within_tolerance(tmp_path, grid):
     """The first (smallest) cell of each committed grid, re-run from its config and committed tower."""

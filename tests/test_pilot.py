@@ -50,7 +50,7 @@ def test_converged_and_seed_gates():
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pilot").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_pilot_config_loads(path):
     spec = pilot.load_pilot(path)
-    assert {"line", "converged", "seeds"} <= set(spec)
+    assert {"line", "seeds"} <= set(spec)  # converged is optional: cpu_law stops training early by design
     cfg = pilot.part_config(spec["grid_config"], llms=spec["line"]["llms"], visual_tokens=[1], seeds=[0],
                             steps_factor=2)
     assert list(cfg["llms"]) == spec["line"]["llms"]

@@ -124,7 +124,7 @@ for q in (0.0, 50.0):
 # %% [markdown]
 # ## 2. The same on our grid
 #
-# The committed CPU grid (`results/cpu_law/results.csv`: 5 LLM widths, V = 1, 4, 16, 2 seeds), or the grid
+# The committed CPU grid (`results/cpu_law/results.csv`: 5 LLM widths, V = 1, 4, 16, 64, 3 seeds), or the grid
 # `GRID_RESULTS` names (notebook 03 prints the path of the one it trained). A smoke-mode grid trained 60 steps
 # per cell: expect flat, meaningless fits (or none at all) - the comparison only becomes informative on a
 # properly trained grid.
@@ -141,11 +141,11 @@ for q in (0.0, 50.0) if mine else ():
     display(fig)
 
 # %% [markdown]
-# On the committed grid the two families split as on the paper's: OCR's α/β is about 0.3 (interval 0.21-0.38
+# On the committed grid the two families split as on the paper's: OCR's α/β is about 0.24 (interval 0.11-0.31
 # with 1,000 bootstrap resamples, `results/cpu_law/fit_ocr/`), so every LLM reads more with more tokens and
-# the OCR frontier takes the largest V; reasoning's α/β is far above 1, so its frontier stays at V = 1 at
-# Q = 0. Notebook 04 (section 7) puts intervals on both and shows what they leave open: reasoning's β is not
-# identified on this grid.
+# the OCR frontier takes the largest V; reasoning's α/β is 2.4 (interval 1.98-3.24), above 1, so its frontier
+# stays at V = 1 at Q = 0 and moves to about 35 tokens at Q = 50, inside the grid. Notebook 04 (section 7)
+# puts intervals on both.
 
 # %% [markdown]
 # ## 3. What one visual token keeps, and what it loses
