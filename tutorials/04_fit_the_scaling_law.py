@@ -238,8 +238,9 @@ for family, (f, r) in fits.items():
 # grid you can train on a laptop. The law fitted without the largest LLM predicts it within 0.64 points (a
 # log-linear fit: 1.97). One bound is still short: α/β = 2.44 [1.98, 3.24], an interval that starts just
 # below the 2 the kit aims for. Notebook 03's figure shows why: the largest LLM is worse at V = 4 and 16 than
-# at V = 1, the price of more visual positions in a 2-layer LLM outweighing what they read (README, "Toward a
-# CPU grid").
+# at V = 1. Split by name (`results/cpu_law/tasks.md`), that loss is in the names the image shows: readable
+# at V = 4 in only a third of their images, they are stored less well than at V = 1 (README, "Toward a CPU
+# grid").
 
 # %% [markdown]
 # ### What to take away
