@@ -264,8 +264,9 @@ def build(names: list[str] | None = None, timeout: int = 600) -> list[Path]:
                 print(f"executing {src.name} ...", flush=True)
                 nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                         resources={"metadata": {"path": tmp}}).execute()
-                for cell in nb.cells:
+                for i, cell in enumerate(nb.cells):
                     cell.metadata.pop("execution", None)  # timestamps: noise in every diff
+                    cell.id = f"cell-{i}"  # jupytext draws random ids: noise in every diff too
                 nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}  # paired: Jupyter edits reach the .py
                 inputs = sorted({Path(p).resolve() for p in reads.read_text().split()})
                 nb.metadata["lit_vlm"] = {

@@ -118,6 +118,13 @@ def test_committed_outputs_are_current(src):
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=IDS)
+def test_committed_cell_ids_are_stable(src):
+    # the build numbers the cells, so a rebuild changes only what the source or the outputs changed
+    ids = [cell.id for cell in nbformat.read(src.with_suffix(".ipynb"), as_version=4).cells]
+    assert ids == [f"cell-{i}" for i in range(len(ids))]
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=IDS)
 def test_committed_notebook_shows_every_figure(src):
     nb = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
     assert nb.metadata["lit_vlm"]["executed_with"].startswith(tutorial.BUILD_COMMAND)
