@@ -175,8 +175,8 @@ display(table[[c for c in show if c in table.columns]])
 # ## 4. Accuracy against V, per LLM size
 #
 # The committed CPU grid (`results/cpu_law/results.csv`: 5 LLM widths from 8k to 295k parameters x V = 1, 4,
-# 16, 64 x 3 seeds, 2,750 steps per cell, 42-57 minutes on 2 CPU cores), and the grid trained here when there is
-# one. Its reasoning questions are knowledge: "what is KX?" asks a symbol fixed for each of 676 names, asked
+# 16, 64 x 3 seeds, 2,750 steps per cell, 57 minutes from nothing on 2 CPU cores), and the grid trained here
+# when there is one. Its reasoning questions are knowledge: "what is KX?" asks a symbol fixed for each of 676 names, asked
 # with Zipf frequencies, so a larger LLM stores more of the rarer names. For 37.5 % of the names the image also
 # shows the answer, as the red character of a grid of print 32, 16 or 8 px high, which V = 4, 16 or 64 tokens
 # can read: more visual tokens take over part of what the LLM would have to store. Its OCR questions ask for
