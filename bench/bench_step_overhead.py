@@ -2,8 +2,9 @@
 feature cache keyed by pixels, then by row), and the step's compute floor (its FLOPs at this machine's measured
 matmul rate).
 
-    python bench/bench_step_overhead.py [--config configs/grid/cpu_mini.yaml] [--llm llm-16k] [--steps 60] [--reps 3]
-    python bench/bench_step_overhead.py --config configs/grid/cpu_law.yaml --llm llm-w16 --out bench/results/step_overhead_cpu_law
+    python bench/bench_step_overhead.py [--config configs/grid/cpu_mini.yaml] [--llm llm-16k] [--steps 60] [--reps 4]
+    python bench/bench_step_overhead.py --config configs/grid/cpu_law.yaml --llm llm-w16 --steps 200 --reps 8 \
+        --out bench/results/step_overhead_cpu_law
 
 A cell is built exactly as ``lit_vlm.grid.cell.run_cell`` builds it (V = 1, the grid's feature cache attached,
 one thread). Three paths:
@@ -11,9 +12,12 @@ one thread). Three paths:
   step, AdamW's per-tensor loop, rows read one by one, and a collate that renders the chat template, tokenises
   and normalises every row every step; the cache looks each image up by a hash of its pixels;
 - "pixel-keyed": the lean step, the cache still keyed by pixels (every image decoded, normalised and hashed);
-- "row-keyed": what run_cell does now: the batch carries each image's store row, no image is decoded.
-All run in this one process, interleaved (legacy, pixel-keyed, row-keyed, legacy, ...), and the report gives
-medians and their ratios: the machine is shared, so only a ratio measured side by side means anything. Each run
+- "row-keyed": the batch carries each image's store row, no image is decoded;
+- "lean loop": what run_cell does now: row-keyed, with the training loss logged only on the steps the logger
+  writes (LitVLM.log_loss_every_step off) and only the batch's tensors moved to the device (LitVLM's
+  transfer_batch_to_device; before it, Lightning walked every string of the batch's lists).
+All run in this one process, interleaved, the order rotated each rep (a run's slot moves its time by as much as
+the last cut: give --reps a multiple of 4), and the report gives medians and their ratios: the machine is shared, so only a ratio measured side by side means anything. Each run
 also records every step's loss and the final weights, and the report says whether the paths agree bitwise.
 """
 
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -39,9 +44,10 @@ from lit_vlm.grid import Cell, build_store, cell_model_args, load_config, valida
 from lit_vlm.grid.cache import attach  # noqa: E402
 from lit_vlm.grid.cell import cell_trainer, legacy_cell_trainer  # noqa: E402
 
-PHASES = ("data: rows (decode)", "data: collate", "forward: feature cache", "forward: LLM + splice + loss",
+PHASES = ("data: rows (decode), transfer", "data: collate", "forward: feature cache", "forward: LLM + splice + loss",
           "backward", "optimizer", "Lightning loop, logging, progress bar")
-PATHS = ("legacy", "pixel-keyed", "row-keyed")
+PATHS = ("legacy", "pixel-keyed", "row-keyed", "lean loop")
+ROW_KEYED = ("row-keyed", "lean loop")
 
 
 class PhaseTimer(Callback):
@@ -90,7 +96,7 @@ class PhaseTimer(Callback):
             step = {
                 "total": total,
                 "data: collate": self._collate,
-                "data: rows (decode)": fetch - self._collate,
+                "data: rows (decode), transfer": fetch - self._collate,
                 "forward: feature cache": self._tower,
                 "forward: LLM + splice + loss": forward - self._tower,
                 "backward": t["after_backward"] - t["before_backward"],
@@ -102,7 +108,7 @@ class PhaseTimer(Callback):
         t["end"] = now
 
 
-def build(cfg, cell, tower_state, dm_args, legacy: bool, steps: int, root: Path):
+def build(cfg, cell, tower_state, dm_args, path: str, steps: int, root: Path):
     from lit_vlm.data.datamodule import VLMDataModule
     from lit_vlm.module import LitVLM
 
@@ -110,8 +116,13 @@ def build(cfg, cell, tower_state, dm_args, legacy: bool, steps: int, root: Path)
     module = LitVLM(vision=replace(cfg.vision, frozen=True), llm=cfg.llms[cell.llm], compressor=cell.compressor,
                     visual_tokens=cell.visual_tokens, **cell_model_args(cfg, cell))
     module.vlm.vision_tower.load_state_dict(tower_state)
+    legacy = path == "legacy"
     if legacy:
         module.legacy_step()
+    if path == "lean loop":
+        module.log_loss_every_step = False  # as run_cell sets it
+    else:  # Lightning's own batch transfer, as before LitVLM.transfer_batch_to_device
+        module.transfer_batch_to_device = partial(L.LightningModule.transfer_batch_to_device, module)
     dm = VLMDataModule(**dm_args, processor=module.processor)
     if legacy:  # rows read one by one and decoded every time, as before Rows.__getitems__ and its image memo
         rows = dm._rows
@@ -129,10 +140,10 @@ def build(cfg, cell, tower_state, dm_args, legacy: bool, steps: int, root: Path)
 
 
 def run_once(cfg, cell, tower_state, store, dm_args, path, steps, root):
-    module, dm, trainer = build(cfg, cell, tower_state, dm_args, path == "legacy", steps, root)
+    module, dm, trainer = build(cfg, cell, tower_state, dm_args, path, steps, root)
     timer = PhaseTimer(module, module.processor)
     trainer.callbacks.insert(0, timer)
-    by_row = path == "row-keyed"
+    by_row = path in ROW_KEYED
     with attach(module.vlm, store, dm if by_row else None, trainer):  # without the data: keyed by pixels
         if by_row and "train" not in (dm.feature_rows or {}):
             sys.exit("the store could not be attached by row (lit_vlm.grid.cache.row_keys): nothing to measure")
@@ -213,7 +224,8 @@ def main() -> None:
     ap.add_argument("--llm", default="llm-16k")
     ap.add_argument("--visual-tokens", type=int, default=1)
     ap.add_argument("--steps", type=int, default=60, help="training steps per run (the first is not timed)")
-    ap.add_argument("--reps", type=int, default=3, help="runs of each path, interleaved")
+    ap.add_argument("--reps", type=int, default=4, help="runs of each path, interleaved (a multiple of 4: each "
+                    "path runs in each slot equally often)")
     ap.add_argument("--num-train", type=int, default=None,
                     help="training rows; default: as many as give a run the epochs of the config's cell "
                          "(cpu_mini: 12, so rows repeat; cpu_law: about 2)")
@@ -255,7 +267,7 @@ def measure(args, cfg, tmp: Path) -> None:
 
     runs = {path: [] for path in PATHS}
     for rep in range(args.reps):
-        for path in PATHS:
+        for path in PATHS[rep % len(PATHS):] + PATHS[:rep % len(PATHS)]:  # each path in each slot in turn
             timer, weights, module, dm = run_once(cfg, cell, tower_state, store, dm_args, path, args.steps,
                                                   tmp / path)
             runs[path].append((timer, weights))
@@ -299,11 +311,13 @@ def report(r: dict) -> str:
         f"# Step overhead of {r['cell']} ({r['config']}, {r['threads']} thread)", "",
         f"`{r['command']}` on {r['machine']}; {r['reps']} runs per path of {r['steps_per_run']} steps over "
         f"{r['train_rows']} rows ({r['epochs_per_run']:.1f} epochs, as in the config's cell), interleaved",
-        f"{', '.join(PATHS)}, ...; each run's mean step (its first step not timed), median over runs. A shared",
+        f"({', '.join(PATHS)}, the order rotated each rep); each run's mean step (its first step not timed), median over runs. A shared",
         "machine: read the ratios, not the absolute times.", "",
         f"- step legacy: {ms['legacy']:.2f} ms, pixel-keyed cache: {ms['pixel-keyed']:.2f} ms "
         f"(**{speed['pixel-keyed']:.2f}x**), row-keyed cache: {ms['row-keyed']:.2f} ms "
-        f"(**{speed['row-keyed']:.2f}x faster than legacy**)",
+        f"(**{speed['row-keyed']:.2f}x**), lean loop: {ms['lean loop']:.2f} ms "
+        f"(**{speed['lean loop']:.2f}x faster than legacy**; {ms['row-keyed'] / ms['lean loop']:.2f}x faster "
+        "than row-keyed: the loop's own cut)",
         "- every step's loss and the final weights bitwise equal to legacy's: "
         + ", ".join(f"{p} {same[p]}" for p in PATHS[1:]),
         f"- the step's arithmetic: {r['step_flops'] / 1e6:.2f} MFLOP (forward + backward, torch's counter) at "
@@ -316,15 +330,17 @@ def report(r: dict) -> str:
     for k in PHASES:
         cells = [(r["phases_ms"][p][k], r["phases_ms"][p][k] / ms[p]) for p in PATHS]
         lines.append(f"| {k} | " + " | ".join(f"{v:.2f} | {share:.0%}" for v, share in cells) + " |")
-    now = r["phases_ms"]["row-keyed"]
+    now = r["phases_ms"]["lean loop"]
     model = now["forward: LLM + splice + loss"] + now["backward"] + now["optimizer"]
-    lines += ["", f"Keyed by row, the arithmetic floor is {r['compute_floor_ms_cell_shapes'] / ms['row-keyed']:.0%} "
+    lines += ["", f"As run_cell runs it, the arithmetic floor is {r['compute_floor_ms_cell_shapes'] / ms['lean loop']:.0%} "
               f"of the step. The model's own phases (forward, backward, optimizer: {model:.2f} ms) are "
               f"{model / r['compute_floor_ms_cell_shapes']:.0f}x their arithmetic: the per-op cost of a",
               "Hugging Face decoder on matrices this small, which these bitwise cuts leave alone (torch.compile might",
               "cut it, not bitwise; not tried). Keyed by row, no image is decoded, normalised or hashed: the rows",
               "phase reads the text columns, the cache phase is a memory-mapped read of the batch's store rows.",
               "", "Phases are medians over runs of each phase's mean, so they need not add up to the step exactly.",
+              "The rows phase includes moving the batch to the device (the transfer the lean loop cuts); the",
+              "lean loop's training_step logs the loss on the logger's steps only (the LLM phase holds that cut).",
               "The pixel-keyed lookup hashes each image's pixels (lit_vlm/grid/cache.py); the LLM phase includes",
               "Lightning's training_step call and logging; the progress bar redraws after a step's end mark, so its",
               "time is counted in the next step's rows phase."]

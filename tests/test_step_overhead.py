@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from lit_vlm.data.datamodule import VLMDataModule
@@ -56,6 +57,7 @@ def run(cfg, tmp_path, legacy: bool):
     dm = VLMDataModule(**cfg.data, processor=module.processor)
     dm.prepare_data()
     dm.setup("fit")
+    module.log_loss_every_step = legacy  # the lean path logs as run_cell's cells do
     if legacy:
         module.legacy_step()
         rows = dm._rows
@@ -82,6 +84,53 @@ def test_lean_step_is_bitwise_the_old_one(tmp_path):
     assert old_weights.keys() == new_weights.keys()
     assert all(torch.equal(old_weights[k], new_weights[k]) for k in old_weights)
     assert old_metrics == new_metrics and "test/ocr/accuracy" in new_metrics
+
+
+def test_loss_logged_on_the_loggers_steps_only_writes_the_same_log(tmp_path):
+    """A grid cell logs train/loss only on the steps its CSV logger writes: the log file is the one it was."""
+    cfg = grid_config(tmp_path, max_steps=12, log_every_n_steps=4, enable_progress_bar=False)
+    logs, calls = [], []
+    for every_step in (True, False):
+        L.seed_everything(0, verbose=False)
+        module = LitVLM(vision=GRID["vision"], llm=GRID["llms"]["xs"], visual_tokens=1)
+        module.log_loss_every_step = every_step
+        log = module.log
+        module.log = lambda *a, **k: calls.append(every_step) or log(*a, **k)
+        root = tmp_path / str(every_step)
+        trainer = cell_trainer(cfg, root, logger=CSVLogger(root, name="logs"))
+        trainer.fit(module, VLMDataModule(**cfg.data, processor=module.processor))
+        logs.append((root / "logs" / "version_0" / "metrics.csv").read_text())
+    assert logs[0] == logs[1] and logs[0].count("\n") == 1 + 12 // 4  # header and steps 3, 7, 11
+    assert calls.count(True) == 12 and calls.count(False) == 3
+
+
+def test_batch_transfer_moves_the_tensors_and_keeps_the_text(tmp_path):
+    module = LitVLM(vision=GRID["vision"], llm=GRID["llms"]["xs"], visual_tokens=1)
+    dm = VLMDataModule(data_dir=str(tmp_path / "data"), num_train=8, num_val=4, num_test=4, processor=module.processor)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = {**module.processor.collate([dm._rows("train")[i] for i in range(4)]), "answer_lists": [["a", "b"]] * 4}
+    cpu = torch.device("cpu")
+    moved = module.transfer_batch_to_device(batch, cpu, 0)
+    default = L.LightningModule.transfer_batch_to_device(module, batch, cpu, 0)
+    assert moved.keys() == default.keys()
+    for k, v in moved.items():
+        assert torch.equal(v, default[k]) if torch.is_tensor(v) else v == default[k] and v is batch[k], k
+    # anything else (a nested tensor, a tuple batch) takes Lightning's default walk
+    calls = []
+    original = L.LightningModule.transfer_batch_to_device
+
+    def spy(self, batch, device, idx):
+        calls.append(type(batch).__name__)
+        return original(self, batch, device, idx)
+
+    L.LightningModule.transfer_batch_to_device = spy
+    try:
+        module.transfer_batch_to_device({"x": [torch.ones(1)]}, cpu, 0)
+        module.transfer_batch_to_device((torch.ones(1), ["a"]), cpu, 0)
+    finally:
+        L.LightningModule.transfer_batch_to_device = original
+    assert calls == ["dict", "tuple"]
 
 
 def test_collate_memo_and_batched_images_give_the_same_batch(tmp_path):

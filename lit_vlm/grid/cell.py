@@ -99,6 +99,7 @@ def run_cell(cfg: GridConfig, cell: Cell, tower_state: dict, store: FeatureStore
     module = LitVLM(vision=replace(cfg.vision, frozen=True), llm=cfg.llms[cell.llm], compressor=cell.compressor,
                     visual_tokens=cell.visual_tokens, **cell_model_args(cfg, cell))
     module.vlm.vision_tower.load_state_dict(tower_state)
+    module.log_loss_every_step = False  # train/loss only where the cell's CSV log writes it: a cheaper step
     if cfg.llm_pretrain.max_steps:  # stage 1's weights (run_grid made them before any cell)
         from lit_vlm.llm_pretrain import load_or_pretrain
 
