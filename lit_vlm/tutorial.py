@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -238,6 +239,33 @@ def stale(ipynb: Path) -> list[str]:
     return reasons
 
 
+def stable_widget_ids(nb):
+    """The notebook with its widgets' model ids (ipywidgets draws a random uuid for each progress bar) renumbered
+    in an order that does not depend on them: the widgets the outputs show, in output order, each followed by
+    the widgets its state refers to; so a rebuild does not rewrite every id. Returns a new notebook."""
+    import nbformat
+
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    if not state:
+        return nb
+    order: dict[str, None] = {}
+
+    def visit(model_id: str) -> None:
+        if model_id in state and model_id not in order:
+            order[model_id] = None
+            for ref in re.findall(r"IPY_MODEL_([0-9a-f]{32})", json.dumps(state[model_id], sort_keys=True)):
+                visit(ref)
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            visit(out.get("data", {}).get("application/vnd.jupyter.widget-view+json", {}).get("model_id", ""))
+    for model_id in sorted(state, key=lambda m: json.dumps(state[m], sort_keys=True)):  # any the outputs miss
+        visit(model_id)
+    new = {old: f"{i:032x}" for i, old in enumerate(order)}
+    text = re.sub(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])", lambda m: new.get(m[0], m[0]), nbformat.writes(nb))
+    return nbformat.reads(text, as_version=4)
+
+
 def build(names: list[str] | None = None, timeout: int = 600) -> list[Path]:
     """Execute each tutorial source in committed mode (one shared temporary work folder, a temporary cwd) and
     write its paired .ipynb with the outputs and the sha256 of the source and of every committed file it read."""
@@ -267,6 +295,7 @@ def build(names: list[str] | None = None, timeout: int = 600) -> list[Path]:
                 for i, cell in enumerate(nb.cells):
                     cell.metadata.pop("execution", None)  # timestamps: noise in every diff
                     cell.id = f"cell-{i}"  # jupytext draws random ids: noise in every diff too
+                nb = stable_widget_ids(nb)
                 nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}  # paired: Jupyter edits reach the .py
                 inputs = sorted({Path(p).resolve() for p in reads.read_text().split()})
                 nb.metadata["lit_vlm"] = {

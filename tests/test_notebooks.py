@@ -124,6 +124,32 @@ def test_committed_cell_ids_are_stable(src):
     assert ids == [f"cell-{i}" for i in range(len(ids))]
 
 
+def _widget_notebook(bar: str, layout: str, hidden: str):
+    view = "application/vnd.jupyter.widget-view+json"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", id="cell-0", outputs=[
+        nbformat.v4.new_output("display_data", data={view: {"model_id": bar, "version_major": 2}, "text/plain": "bar"})])])
+    state = {layout: {"state": {"width": "1"}}, bar: {"state": {"layout": f"IPY_MODEL_{layout}"}},
+             hidden: {"state": {"width": "2"}}}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"version_major": 2, "version_minor": 0,
+                                                                            "state": state}}
+    return nb
+
+
+def test_widget_ids_do_not_depend_on_the_random_ones():
+    ids = [f"{i:032x}" for i in range(3)]
+    first = tutorial.stable_widget_ids(_widget_notebook("f" * 32, "0a" * 16, "1" * 32))
+    again = tutorial.stable_widget_ids(_widget_notebook("3c" * 16, "e" * 32, "a1" * 16))  # another build's ids
+    assert nbformat.writes(first) == nbformat.writes(again)
+    assert first.cells[0].outputs[0].data["application/vnd.jupyter.widget-view+json"]["model_id"] == ids[0]
+    state = first.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    # the shown bar first, then the layout it refers to, then the one no output shows
+    assert state == {ids[0]: {"state": {"layout": f"IPY_MODEL_{ids[1]}"}}, ids[1]: {"state": {"width": "1"}},
+                     ids[2]: {"state": {"width": "2"}}}
+    assert nbformat.writes(tutorial.stable_widget_ids(first)) == nbformat.writes(first)  # renumbering twice: same
+    plain = nbformat.v4.new_notebook()
+    assert tutorial.stable_widget_ids(plain) is plain
+
+
 @pytest.mark.parametrize("src", SOURCES, ids=IDS)
 def test_committed_notebook_shows_every_figure(src):
     nb = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
