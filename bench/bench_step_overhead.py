@@ -246,6 +246,19 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def random_tower_and_store(cfg, dm_args: dict, root: Path):
+    """A random tower's state and the feature store of its features for the rows of ``dm_args`` (written under
+    root): a step's time does not depend on the tower's weights."""
+    from lit_vlm.data.datamodule import VLMDataModule
+    from lit_vlm.model.vision import VisionTower
+
+    tower = VisionTower(replace(cfg.vision, frozen=True))
+    dm = VLMDataModule(**dm_args, processor=None)
+    dm.prepare_data()
+    dm.datasets = dm._load()
+    return tower.state_dict(), build_store(root / "features", tower, dm.datasets)
+
+
 def measure(args, cfg, tmp: Path) -> None:
     batch_size = cfg.data["batch_size"]
     epochs = max(1, round(cfg.trainer.get("max_steps", 1) * batch_size / cfg.data["num_train"]))
@@ -254,16 +267,7 @@ def measure(args, cfg, tmp: Path) -> None:
     dm_args = {**cfg.data, "data_dir": str(tmp / "data"), "num_train": num_train, "num_val": 16, "num_test": 16}
     cell = Cell(llm=args.llm, visual_tokens=args.visual_tokens, compressor=cfg.compressors[0], seed=cfg.seeds[0])
 
-    # a random tower: a step's time does not depend on its weights
-    from lit_vlm.data.datamodule import VLMDataModule
-    from lit_vlm.model.vision import VisionTower
-
-    tower = VisionTower(replace(cfg.vision, frozen=True))
-    dm = VLMDataModule(**dm_args, processor=None)
-    dm.prepare_data()
-    dm.datasets = dm._load()
-    store = build_store(tmp / "features", tower, dm.datasets)
-    tower_state = tower.state_dict()
+    tower_state, store = random_tower_and_store(cfg, dm_args, tmp)
 
     runs = {path: [] for path in PATHS}
     for rep in range(args.reps):

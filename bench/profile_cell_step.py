@@ -26,9 +26,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_vlm.grid import Cell, build_store, load_config, validate  # noqa: E402
+from lit_vlm.grid import Cell, load_config, validate  # noqa: E402
 from lit_vlm.grid.cache import attach  # noqa: E402
-from bench_step_overhead import build  # noqa: E402 - bench/, next to this script
+from bench_step_overhead import build, random_tower_and_store  # noqa: E402 - bench/, next to this script
 
 KINDS = {  # op name -> kind; the first kind whose words the name contains
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
@@ -79,21 +79,13 @@ def main() -> None:
 
 
 def measure(args, cfg, tmp: Path) -> dict:
-    from lit_vlm.data.datamodule import VLMDataModule
-    from lit_vlm.model.vision import VisionTower
-
     rows = args.steps * cfg.data["batch_size"]
     trainer_cfg = {**cfg.trainer, "max_steps": args.steps, **({"precision": args.precision} if args.precision else {})}
     cfg = replace(cfg, out_dir=str(tmp), trainer=trainer_cfg)
     dm_args = {**cfg.data, "data_dir": str(tmp / "data"), "num_train": rows, "num_val": 16, "num_test": 16}
     cell = Cell(llm=args.llm, visual_tokens=args.visual_tokens, compressor=cfg.compressors[0], seed=cfg.seeds[0])
-    tower = VisionTower(replace(cfg.vision, frozen=True))  # a random tower: a step's time does not depend on it
-    dm = VLMDataModule(**dm_args, processor=None)
-    dm.prepare_data()
-    dm.datasets = dm._load()
-    store = build_store(tmp / "features", tower, dm.datasets)
-
-    module, dm, trainer = build(cfg, cell, tower.state_dict(), dm_args, "lean loop", args.steps, tmp / "cell")
+    tower_state, store = random_tower_and_store(cfg, dm_args, tmp)
+    module, dm, trainer = build(cfg, cell, tower_state, dm_args, "lean loop", args.steps, tmp / "cell")
     with attach(module.vlm, store, dm, trainer), profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         trainer.fit(module, dm)

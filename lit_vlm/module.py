@@ -15,6 +15,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -286,8 +287,7 @@ class LitVLM(L.LightningModule):
         that is not our dict, or holds anything but tensors and text, gets the default."""
         if not isinstance(batch, dict) or self._legacy or not all(map(_tensor_or_text, batch.values())):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        return {k: super(LitVLM, self).transfer_batch_to_device(v, device, dataloader_idx)
-                if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: move_data_to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def generate_answers(self, batch: dict) -> list[str]:
         """Greedy answers (KV cache), decoded without special tokens."""
