@@ -161,6 +161,10 @@ class LitVLM(L.LightningModule):
         stage: "align" trains compressor + projector; "instruct" trains the LLM as well.
         optimizer: Learning rates, warmup and decay.
         max_new_tokens: Greedy decoding length when evaluating.
+        fast_answer_loss: Train with the LLM's last layer run only at the answer positions, the only ones the
+            loss reads (lit_vlm/model/answer_loss.py; Llama-style LLMs, others keep the full forward). The same
+            loss up to float rounding, so not the same run bitwise; faster the longer the visual prefix
+            (bench/bench_answer_loss.py). The evaluation loss too; generation always runs the full model.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class LitVLM(L.LightningModule):
         stage: Literal["align", "instruct"] = "instruct",
         optimizer: OptimizerConfig | None = None,
         max_new_tokens: int = 8,
+        fast_answer_loss: bool = False,
     ):
         super().__init__()
         vision, llm, optimizer = _config(VisionConfig, vision), _config(LLMConfig, llm), _config(OptimizerConfig, optimizer)
@@ -194,6 +199,7 @@ class LitVLM(L.LightningModule):
                 "stage": stage,
                 "optimizer": asdict(optimizer),
                 "max_new_tokens": max_new_tokens,
+                "fast_answer_loss": fast_answer_loss,
             }
         )
         self.optim = optimizer
@@ -204,6 +210,7 @@ class LitVLM(L.LightningModule):
         self.log_loss_every_step = True
         self.stage = stage
         self.max_new_tokens = max_new_tokens
+        self.fast_answer_loss = fast_answer_loss
         # The module owns the tokenizer and the processor: built once here, handed to the data (VLMDataModule's
         # processor=, linked by the CLI), never rebuilt elsewhere.
         tok = load_tokenizer(tokenizer, trust_remote_code=llm.trust_remote_code)
@@ -271,7 +278,7 @@ class LitVLM(L.LightningModule):
         return self.vlm(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.vlm(batch).loss
+        loss = self.vlm.loss(batch, fast=self.fast_answer_loss)
         if self.log_loss_every_step or self._logger_writes_this_step():
             self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["answers"]))
         return loss
@@ -295,7 +302,7 @@ class LitVLM(L.LightningModule):
         return self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def _eval_step(self, batch: dict, split: str, metrics: nn.ModuleDict, losses: nn.ModuleDict) -> None:
-        loss_sum, tokens = self.vlm.token_losses(batch)
+        loss_sum, tokens = self.vlm.token_losses(batch, fast=self.fast_answer_loss)
         losses["all"].update(loss_sum, tokens)
         for family in FAMILIES:
             rows = [i for i, f in enumerate(batch["families"]) if f == family]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lit_vlm.constants import IMAGE_TOKEN
+from lit_vlm.model.answer_loss import answer_logits, answer_loss, supports_answer_loss
 from lit_vlm.errors import UserError
 from lit_vlm.model.compressors import build_compressor
 from lit_vlm.model.vision import VisionConfig, VisionTower
@@ -348,19 +349,35 @@ class VLM(nn.Module):
         s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch.get("labels"))
         return self.llm(**s, use_cache=False)
 
-    def token_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, batch: dict, fast: bool = False) -> torch.Tensor:
+        """The batch's mean answer-token loss (``forward().loss``); ``fast`` runs the LLM's last layer at the
+        answer positions only (lit_vlm/model/answer_loss.py), where the LLM supports it."""
+        if not (fast and supports_answer_loss(self.llm)):
+            return self(batch).loss
+        return answer_loss(self.llm, **self._spliced(batch))
+
+    def token_losses(self, batch: dict, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the summed cross-entropy of its answer tokens and how many there are ([B], [B]).
 
         ``forward().loss`` is the mean over one batch's tokens; evaluation sums these over a whole split instead.
+        ``fast``: as in ``loss``.
         """
-        visual = self.visual_embeds(self.image_features(batch), batch.get("question_ids"), batch.get("question_mask"))
-        s = self.splice(batch["input_ids"], batch["attention_mask"], visual, batch["labels"])
-        labels = s.pop("labels")
-        logits = self.llm(**s, use_cache=False).logits.float()
-        # Position t predicts token t + 1, as in the LLM's own loss.
-        targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
-        ce = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        s = self._spliced(batch)
+        if fast and supports_answer_loss(self.llm):
+            logits, targets = answer_logits(self.llm, **s)
+        else:
+            labels = s.pop("labels")
+            logits = self.llm(**s, use_cache=False).logits
+            # Position t predicts token t + 1, as in the LLM's own loss.
+            targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+        ce = nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
         return ce.sum(1), (targets != -100).sum(1)
+
+    def _spliced(self, batch: dict) -> dict:
+        """The LLM's inputs for a batch with labels: embeddings with the visual tokens spliced in, mask,
+        position ids and labels (-100 on the image)."""
+        visual = self.visual_embeds(self.image_features(batch), batch.get("question_ids"), batch.get("question_mask"))
+        return self.splice(batch["input_ids"], batch["attention_mask"], visual, batch["labels"])
 
     # --- generation ------------------------------------------------------------------------------------------
     @torch.no_grad()
