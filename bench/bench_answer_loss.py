@@ -15,12 +15,9 @@ between the two losses on each cell's first batch (same weights): float rounding
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step_overhead import build, random_tower_and_store, run_once, run_means  # noqa: E402
+from bench_step_overhead import build, measure_and_write, random_tower_and_store, run_means, run_once  # noqa: E402
 from lit_vlm.grid import Cell, load_config, validate  # noqa: E402
 from lit_vlm.grid.cache import attach  # noqa: E402
 
@@ -62,18 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = validate(load_config(args.config))
     cells = parse_cells(args.cells, cfg)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-answer-loss-"))
-    try:
-        result = measure(args, cfg, cells, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    text = report(result)
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(text)
+    measure_and_write(lambda tmp: measure(args, cfg, cells, tmp), "bench-answer-loss-", report, args.out)
 
 
 def first_batch_losses(cfg, cell, tower_state, store, dm_args, root) -> tuple[float, float]:

@@ -177,8 +177,8 @@ def step_flops(module, batch) -> int:
     """FLOPs of one training step's forward + backward (torch's counter; the cached tower costs none)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        module.vlm(batch).loss.backward()
+    with FlopCounterMode(display=False) as counter:  # the loss the module trains with (fast_answer_loss or not)
+        module.vlm.loss(batch, fast=module.fast_answer_loss).backward()
     module.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -244,6 +244,24 @@ def main() -> None:
         measure(args, cfg, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_and_write(measure_fn, prefix: str, report_fn, out: str | None) -> dict:
+    """``measure_fn(tmp)`` in a fresh temporary folder (removed after), its report printed, and OUT.json and
+    OUT.md written when ``out`` is given: the tail every step bench in bench/ shares."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        result = measure_fn(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = report_fn(result)
+    print(text)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        path.with_suffix(".md").write_text(text)
+    return result
 
 
 def random_tower_and_store(cfg, dm_args: dict, root: Path):

@@ -13,11 +13,8 @@ each kind's share of the profiled steps and the ops that cost most.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_vlm.grid import Cell, load_config, validate  # noqa: E402
 from lit_vlm.grid.cache import attach  # noqa: E402
-from bench_step_overhead import build, random_tower_and_store  # noqa: E402 - bench/, next to this script
+from bench_step_overhead import build, measure_and_write, random_tower_and_store  # noqa: E402 - bench/, next to this script
 
 KINDS = {  # op name -> kind; the first kind whose words the name contains
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
@@ -64,18 +61,7 @@ def main() -> None:
         sys.exit(f"--llm {args.llm!r} is not an LLM of {args.config}; it has {', '.join(cfg.llms)}")
     if args.visual_tokens < 1:
         sys.exit(f"--visual-tokens={args.visual_tokens} must be a positive number of visual tokens")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    try:
-        result = measure(args, cfg, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    text = report(result)
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(text)
+    measure_and_write(lambda tmp: measure(args, cfg, tmp), "bench-profile-", report, args.out)
 
 
 def measure(args, cfg, tmp: Path) -> dict:

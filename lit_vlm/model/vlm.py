@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from lit_vlm.constants import IMAGE_TOKEN
-from lit_vlm.model.answer_loss import answer_logits, answer_loss, supports_answer_loss
 from lit_vlm.errors import UserError
+from lit_vlm.model.answer_loss import answer_logits, answer_loss, supports_answer_loss
 from lit_vlm.model.compressors import build_compressor
 from lit_vlm.model.vision import VisionConfig, VisionTower
 
