@@ -175,7 +175,7 @@ display(table[[c for c in show if c in table.columns]])
 # ## 4. Accuracy against V, per LLM size
 #
 # The committed CPU grid (`results/cpu_law/results.csv`: 5 LLM widths from 8k to 295k parameters x V = 1, 4,
-# 16, 64 x 3 seeds, 2,750 steps per cell, 57 minutes from nothing on 2 CPU cores), and the grid trained here
+# 16, 64 x 3 seeds, 2,750 steps per cell, 45 minutes from nothing on 2 CPU cores), and the grid trained here
 # when there is one. Its reasoning questions are knowledge: "what is KX?" asks a symbol fixed for each of 676 names, asked
 # with Zipf frequencies, so a larger LLM stores more of the rarer names. For 37.5 % of the names the image also
 # shows the answer, as the red character of a grid of print 32, 16 or 8 px high, which V = 4, 16 or 64 tokens

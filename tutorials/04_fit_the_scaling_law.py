@@ -232,12 +232,12 @@ for family, (f, r) in fits.items():
 # **What the committed grid says** (with 1,000 resamples, `python -m lit_vlm scaling fit --results
 # results/cpu_law/results.csv --family reasoning --bootstrap 1000`; its output is kept in
 # `results/cpu_law/fit_reasoning/`, and `results/cpu_law/README.md` has every command). OCR behaves as in the
-# paper: α/β = 0.23 [0.11, 0.29], far below 1, and the law describes it to 2.4 points. Reasoning follows the
-# paper's law: α = 0.38 [0.34, 0.57] and β = 0.15 [0.12, 0.22] are both identified, α/β = 2.56 [2.07, 3.24]
-# lies above 2, V\* = 1 at Q = 0, and at Q = 50 the optimum moves inside the grid, to V\* = 32 [22, 47] visual
+# paper: α/β = 0.23 [0.11, 0.29], far below 1, and the law describes it to 2.5 points. Reasoning follows the
+# paper's law: α = 0.39 [0.36, 0.54] and β = 0.15 [0.12, 0.19] are both identified, α/β = 2.71 [2.32, 3.39]
+# lies above 2, V\* = 1 at Q = 0, and at Q = 50 the optimum moves inside the grid, to V\* = 29 [21, 38] visual
 # tokens - the paper's finding 1 on a grid you can train on a laptop. The law fitted without the largest LLM
-# predicts it within 0.83 points (a log-linear fit: 1.82). Where the law fits least well, notebook 03's figure
-# shows: the largest LLM is worse at V = 4 and 16 than at V = 1. Split by name over all three seeds
+# predicts it within 0.77 points (a log-linear fit: 1.80). Where the law fits least well, notebook 03's figure
+# shows: the largest LLM gains nothing from V = 1 to 4 and loses at V = 16. Split by name over all three seeds
 # (`results/cpu_law/tasks.md`), that loss has two parts: names the image shows, readable at V = 4 and 16 in only
 # some of their images and stored less well, and the rarest names it never shows, which more visual positions
 # cost the LLM's recall (README, "Toward a CPU grid").
@@ -252,7 +252,8 @@ for family, (f, r) in fits.items():
 #   shows a whole range of floors fitting about as well.
 # * On our own grid the same machinery separates what is known from what is not: α and β are both identified
 #   for reasoning, α < β for OCR, the held-out prediction holds, and the frontier at Q = 50 sits inside the
-#   grid; the ratio α/β's interval clears 2, but not by much (2.07): with 3 seeds of 20 cells, a design one
-#   step away (40 % of the names shown instead of 37.5 %) gave [1.98, 3.24]. Always read the intervals and the
+#   grid; the ratio α/β's interval clears 2 (2.32), but not by much: with 3 seeds of 20 cells, another run of
+#   the same design (the committed grid before, `results/cpu_law/round24/`) gave [2.07, 3.24], and a design one
+#   step away (40 % of the names shown instead of 37.5 %) [1.98, 3.24]. Always read the intervals and the
 #   identification flags before the point estimates.
 # * Assignment 3 asks you to write the fit and V\* yourself and grades them against `lit_vlm.scaling`.

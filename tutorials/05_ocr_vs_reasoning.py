@@ -143,8 +143,8 @@ for q in (0.0, 50.0) if mine else ():
 # %% [markdown]
 # On the committed grid the two families split as on the paper's: OCR's α/β is about 0.23 (interval 0.11-0.29
 # with 1,000 bootstrap resamples, `results/cpu_law/fit_ocr/`), so every LLM reads more with more tokens and
-# the OCR frontier takes the largest V; reasoning's α/β is 2.6 (interval 2.07-3.24), above 2, so its frontier
-# stays at V = 1 at Q = 0 and moves to about 32 tokens at Q = 50, inside the grid. Notebook 04 (section 7)
+# the OCR frontier takes the largest V; reasoning's α/β is 2.7 (interval 2.32-3.39), above 2, so its frontier
+# stays at V = 1 at Q = 0 and moves to about 29 tokens at Q = 50, inside the grid. Notebook 04 (section 7)
 # puts intervals on both.
 
 # %% [markdown]
