@@ -87,6 +87,7 @@ def test_models_it_cannot_run_are_refused():
     flash = tiny_llm()
     flash.config._attn_implementation = "flash_attention_2"  # a kernel whose mask answer_loss does not build
     assert not supports_answer_loss(flash)
+    assert not supports_answer_loss(tiny_llm(attention_dropout=0.1))
     assert not supports_answer_loss(torch.nn.Linear(2, 2))
 
 

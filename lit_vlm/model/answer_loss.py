@@ -4,7 +4,7 @@ Position t's logits are read by the loss only when token t + 1 is an answer toke
 still run at every position (the next layer's keys and values read them), but the last layer's output at any
 other position goes nowhere: its queries, attention output, feed-forward, final norm and lm_head there are
 wasted. A grid cell's sequence is V visual tokens, a question and a 2-3 token answer, so at V = 64 that is most
-of the last layer. ``answer_loss`` runs the layers below as the model does (Hugging Face's own modules), then the
+of the last layer. ``answer_logits`` runs the layers below as the model does (Hugging Face's own modules), then the
 last layer's keys and values at every position and everything else at the answer positions only.
 
 The loss is the model's own (the mean cross-entropy of the answer tokens), equal up to float rounding: the
@@ -29,8 +29,8 @@ def supports_answer_loss(llm: nn.Module) -> bool:
         return False
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False  # the hand-written mask below is plain causal
-    if config._attn_implementation not in ("sdpa", "eager"):
-        return False
+    if config._attn_implementation not in ("sdpa", "eager") or getattr(config, "attention_dropout", 0.0):
+        return False  # other kernels, or attention dropout, which the hand-written attention below leaves out
     base = getattr(llm, "model", None)
     layers = getattr(base, "layers", None)
     if not layers or not all(hasattr(base, a) for a in ("rotary_emb", "norm")):
