@@ -15,7 +15,6 @@ between the two losses on each cell's first batch (same weights): float rounding
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from dataclasses import replace
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step_overhead import build, measure_and_write, random_tower_and_store, run_means, run_once  # noqa: E402
+from bench_step_overhead import build, fresh_cell_data, measure_and_write, run_means, run_once  # noqa: E402
 from lit_vlm.grid import Cell, load_config, validate  # noqa: E402
 from lit_vlm.grid.cache import attach  # noqa: E402
 
@@ -72,10 +71,7 @@ def first_batch_losses(cfg, cell, tower_state, store, dm_args, root) -> tuple[fl
 
 
 def measure(args, cfg, cells, tmp: Path) -> dict:
-    rows = args.steps * cfg.data["batch_size"]
-    cfg = replace(cfg, out_dir=str(tmp), trainer={**cfg.trainer, "max_steps": args.steps})
-    dm_args = {**cfg.data, "data_dir": str(tmp / "data"), "num_train": rows, "num_val": 16, "num_test": 16}
-    tower_state, store = random_tower_and_store(cfg, dm_args, tmp)
+    cfg, dm_args, tower_state, store = fresh_cell_data(cfg, args.steps, tmp)
     configs = {p: replace(cfg, model={**cfg.model, "fast_answer_loss": p == PATHS[1]}) for p in PATHS}
     per_cell = []
     for llm, v in cells:
@@ -94,9 +90,7 @@ def measure(args, cfg, cells, tmp: Path) -> dict:
               f"first-batch loss {full:.6f} vs {fast:.6f}", flush=True)
     total = {p: sum(c["step_ms"][p] for c in per_cell) for p in PATHS}
     return {
-        "command": "python " + " ".join(sys.argv),
         "config": args.config, "threads": torch.get_num_threads(), "steps_per_run": args.steps, "reps": args.reps,
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
         "cells": per_cell,
         "sum_step_ms": total, "grid_speedup": total[PATHS[0]] / total[PATHS[1]],
         "max_first_loss_abs_diff": max(abs(c["first_loss_full"] - c["first_loss_fast"]) for c in per_cell),

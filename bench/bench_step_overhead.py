@@ -239,19 +239,18 @@ def main() -> None:
     cfg = validate(load_config(args.config))
     if args.llm not in cfg.llms:
         sys.exit(f"--llm {args.llm!r} is not an LLM of {args.config}; it has {', '.join(cfg.llms)}")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-step-"))
-    try:
-        measure(args, cfg, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    measure_and_write(lambda tmp: measure(args, cfg, tmp), "bench-step-", report, args.out)
 
 
 def measure_and_write(measure_fn, prefix: str, report_fn, out: str | None) -> dict:
-    """``measure_fn(tmp)`` in a fresh temporary folder (removed after), its report printed, and OUT.json and
-    OUT.md written when ``out`` is given: the tail every step bench in bench/ shares."""
+    """``measure_fn(tmp)`` in a fresh temporary folder (removed after), with the command and the machine added to
+    its result, its report printed, and OUT.json and OUT.md written when ``out`` is given: the tail every step
+    bench in bench/ shares."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        result = measure_fn(tmp)
+        result = {"command": "python " + " ".join(sys.argv),
+                  "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
+                  **measure_fn(tmp)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = report_fn(result)
@@ -264,28 +263,30 @@ def measure_and_write(measure_fn, prefix: str, report_fn, out: str | None) -> di
     return result
 
 
-def random_tower_and_store(cfg, dm_args: dict, root: Path):
-    """A random tower's state and the feature store of its features for the rows of ``dm_args`` (written under
-    root): a step's time does not depend on the tower's weights."""
+def fresh_cell_data(cfg, steps: int, root: Path, num_train: int | None = None, **trainer):
+    """What a step bench trains a cell on, all under ``root``: the config for runs of ``steps`` steps (``trainer``
+    overrides added), the data's arguments (``num_train`` fresh rows, default one batch a step), and a random
+    tower's state with the feature store of its features for those rows (a step's time does not depend on the
+    tower's weights). Returns (cfg, dm_args, tower_state, store)."""
     from lit_vlm.data.datamodule import VLMDataModule
     from lit_vlm.model.vision import VisionTower
 
+    cfg = replace(cfg, out_dir=str(root), trainer={**cfg.trainer, "max_steps": steps, **trainer})
+    dm_args = {**cfg.data, "data_dir": str(root / "data"), "num_train": num_train or steps * cfg.data["batch_size"],
+               "num_val": 16, "num_test": 16}
     tower = VisionTower(replace(cfg.vision, frozen=True))
     dm = VLMDataModule(**dm_args, processor=None)
     dm.prepare_data()
     dm.datasets = dm._load()
-    return tower.state_dict(), build_store(root / "features", tower, dm.datasets)
+    return cfg, dm_args, tower.state_dict(), build_store(root / "features", tower, dm.datasets)
 
 
-def measure(args, cfg, tmp: Path) -> None:
+def measure(args, cfg, tmp: Path) -> dict:
     batch_size = cfg.data["batch_size"]
     epochs = max(1, round(cfg.trainer.get("max_steps", 1) * batch_size / cfg.data["num_train"]))
     num_train = args.num_train or max(batch_size, args.steps * batch_size // epochs)
-    cfg = replace(cfg, out_dir=str(tmp), trainer={**cfg.trainer, "max_steps": args.steps})
-    dm_args = {**cfg.data, "data_dir": str(tmp / "data"), "num_train": num_train, "num_val": 16, "num_test": 16}
+    cfg, dm_args, tower_state, store = fresh_cell_data(cfg, args.steps, tmp, num_train)
     cell = Cell(llm=args.llm, visual_tokens=args.visual_tokens, compressor=cfg.compressors[0], seed=cfg.seeds[0])
-
-    tower_state, store = random_tower_and_store(cfg, dm_args, tmp)
 
     runs = {path: [] for path in PATHS}
     for rep in range(args.reps):
@@ -304,11 +305,9 @@ def measure(args, cfg, tmp: Path) -> None:
     cell_rate = sum(2 * m * k * n for m, k, n in shapes) / sum(2 * m * k * n / mm_rate(m, k, n) for m, k, n in shapes)
     large_rate = mm_rate(1024, 1024, 1024)
     result = {
-        "command": "python " + " ".join(sys.argv),
         "config": args.config, "cell": cell.id, "threads": torch.get_num_threads(),
         "steps_per_run": args.steps, "reps": args.reps, "train_rows": num_train,
         "epochs_per_run": args.steps * batch_size / num_train,
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
         "step_ms": {p: phases[p]["total"] * 1e3 for p in runs},
         "speedup_vs_legacy": {p: phases["legacy"]["total"] / phases[p]["total"] for p in PATHS[1:]},
         "identical_losses_and_weights_to_legacy": identical,
@@ -320,11 +319,7 @@ def measure(args, cfg, tmp: Path) -> None:
         "compute_floor_ms_cell_shapes": flops / cell_rate * 1e3,
         "compute_floor_ms_1024": flops / large_rate * 1e3,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(report(result))
-    print(report(result))
+    return result
 
 
 def report(r: dict) -> str:

@@ -13,10 +13,8 @@ each kind's share of the profiled steps and the ops that cost most.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_vlm.grid import Cell, load_config, validate  # noqa: E402
 from lit_vlm.grid.cache import attach  # noqa: E402
-from bench_step_overhead import build, measure_and_write, random_tower_and_store  # noqa: E402 - bench/, next to this script
+from bench_step_overhead import build, fresh_cell_data, measure_and_write  # noqa: E402 - bench/, next to this script
 
 KINDS = {  # op name -> kind; the first kind whose words the name contains
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
@@ -65,12 +63,9 @@ def main() -> None:
 
 
 def measure(args, cfg, tmp: Path) -> dict:
-    rows = args.steps * cfg.data["batch_size"]
-    trainer_cfg = {**cfg.trainer, "max_steps": args.steps, **({"precision": args.precision} if args.precision else {})}
-    cfg = replace(cfg, out_dir=str(tmp), trainer=trainer_cfg)
-    dm_args = {**cfg.data, "data_dir": str(tmp / "data"), "num_train": rows, "num_val": 16, "num_test": 16}
+    precision = {"precision": args.precision} if args.precision else {}
+    cfg, dm_args, tower_state, store = fresh_cell_data(cfg, args.steps, tmp, **precision)
     cell = Cell(llm=args.llm, visual_tokens=args.visual_tokens, compressor=cfg.compressors[0], seed=cfg.seeds[0])
-    tower_state, store = random_tower_and_store(cfg, dm_args, tmp)
     module, dm, trainer = build(cfg, cell, tower_state, dm_args, "lean loop", args.steps, tmp / "cell")
     with attach(module.vlm, store, dm, trainer), profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
@@ -83,10 +78,8 @@ def measure(args, cfg, tmp: Path) -> dict:
         kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + ms
     top = sorted(ops, key=lambda o: -o[1])[:15]
     return {
-        "command": "python " + " ".join(sys.argv),
         "cell": cell.id, "config": args.config, "threads": torch.get_num_threads(), "steps": args.steps,
         "precision": str(cfg.trainer.get("precision") or "32-true"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
         "step_ms_under_profiler": seconds / args.steps * 1e3,
         "self_cpu_ms_per_step": total / args.steps,
         "kinds_ms_per_step": {k: v / args.steps for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
